@@ -1,0 +1,196 @@
+"""Build common flow stacks by name: ``build("maf", dim=2, context_dim=0, n_layers=5)``."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+
+from .autoregressive import InverseAffineAutoregressive, MaskedAffineAutoregressive
+from .base import Compose, Flow, Inverse, Transform
+from .coupling import (
+    AdditiveCoupling,
+    AffineCoupling,
+    RandomPermutation,
+    Scaling,
+    alternating_mask,
+    half_mask,
+    random_mask,
+)
+from .glow import GlowStep
+from .residual import Planar, Radial, Sylvester
+
+__all__ = ["build", "FLOW_NAMES", "coupling_masks"]
+
+
+def coupling_masks(dim: int, n_layers: int, kind: str = "half", seed: int | None = None) -> list:
+    """Masks for ``n_layers`` coupling layers that alternate which part is transformed."""
+    import torch
+
+    if kind == "half":
+        return [half_mask(dim, flip=bool(i % 2)) for i in range(n_layers)]
+    if kind == "alternating":
+        return [alternating_mask(dim, parity=i % 2) for i in range(n_layers)]
+    if kind == "random":
+        g = torch.Generator()
+        g.manual_seed(seed if seed is not None else torch.seed())
+        return [random_mask(dim, g) for _ in range(n_layers)]
+    raise ValueError(f"unknown mask kind {kind!r}; valid: 'half', 'alternating', 'random'")
+
+
+def _nice(dim, context_dim, n_layers, hidden, mask="alternating", activation="relu", seed=None):
+    layers: list[Transform] = [
+        AdditiveCoupling(m, context_dim, hidden, activation=activation)
+        for m in coupling_masks(dim, n_layers, mask, seed)
+    ]
+    return [*layers, Scaling(dim)]
+
+
+def _realnvp(
+    dim,
+    context_dim,
+    n_layers,
+    hidden,
+    mask="alternating",
+    activation="relu",
+    scale_bound=3.0,
+    permute=False,
+    seed=None,
+):
+    layers: list[Transform] = []
+    for i, m in enumerate(coupling_masks(dim, n_layers, mask, seed)):
+        layers.append(AffineCoupling(m, context_dim, hidden, activation=activation, scale_bound=scale_bound))
+        if permute and i < n_layers - 1:
+            layers.append(RandomPermutation(dim, seed=None if seed is None else seed + i))
+    return layers
+
+
+def _glow(dim, context_dim, n_layers, hidden, activation="relu", scale_bound=3.0, seed=None):
+    return [
+        GlowStep(
+            dim,
+            context_dim,
+            hidden,
+            seed=None if seed is None else seed + i,
+            activation=activation,
+            scale_bound=scale_bound,
+        )
+        for i in range(n_layers)
+    ]
+
+
+def _orders(n_layers: int, order: str) -> list[str]:
+    if order == "alternate":
+        return ["sequential" if i % 2 == 0 else "reverse" for i in range(n_layers)]
+    return [order] * n_layers
+
+
+def _maf(
+    dim, context_dim, n_layers, hidden, order="alternate", activation="relu", scale_bound=3.0, seed=None
+):
+    return [
+        MaskedAffineAutoregressive(
+            dim,
+            context_dim,
+            hidden,
+            order=o,
+            activation=activation,
+            scale_bound=scale_bound,
+            seed=None if seed is None else seed + i,
+        )
+        for i, o in enumerate(_orders(n_layers, order))
+    ]
+
+
+def _iaf(
+    dim, context_dim, n_layers, hidden, order="alternate", activation="relu", scale_bound=3.0, seed=None
+):
+    return [
+        InverseAffineAutoregressive(
+            dim,
+            context_dim,
+            hidden,
+            order=o,
+            activation=activation,
+            scale_bound=scale_bound,
+            seed=None if seed is None else seed + i,
+        )
+        for i, o in enumerate(_orders(n_layers, order))
+    ]
+
+
+def _planar(dim, context_dim, n_layers, hidden):
+    return [Inverse(Planar(dim, context_dim)) for _ in range(n_layers)]
+
+
+def _radial(dim, context_dim, n_layers, hidden):
+    return [Inverse(Radial(dim, context_dim)) for _ in range(n_layers)]
+
+
+def _sylvester(dim, context_dim, n_layers, hidden, variant="orthogonal", n_vectors=None, n_householder=None):
+    return [
+        Inverse(
+            Sylvester(
+                dim,
+                context_dim,
+                variant=variant,
+                n_vectors=n_vectors,
+                n_householder=n_householder,
+                flip=bool(i % 2),
+            )
+        )
+        for i in range(n_layers)
+    ]
+
+
+_BUILDERS: dict[str, Callable[..., list[Transform]]] = {
+    "nice": _nice,
+    "realnvp": _realnvp,
+    "glow": _glow,
+    "maf": _maf,
+    "iaf": _iaf,
+    "planar": _planar,
+    "radial": _radial,
+    "sylvester": _sylvester,
+}
+FLOW_NAMES: tuple[str, ...] = tuple(_BUILDERS)
+
+
+def register(name: str, builder: Callable[..., list[Transform]]) -> None:
+    """Make ``build(name, ...)`` available for a builder ``(dim, context_dim, n_layers, hidden, **opts)``."""
+    global FLOW_NAMES
+    _BUILDERS[name] = builder
+    FLOW_NAMES = tuple(_BUILDERS)
+
+
+def build(
+    name: str,
+    dim: int,
+    context_dim: int = 0,
+    n_layers: int = 5,
+    hidden: Sequence[int] = (64, 64),
+    **options,
+) -> Flow:
+    """A :class:`Flow` (standard normal base) made of ``n_layers`` transforms of kind ``name``.
+
+    Names: ``nice``, ``realnvp``, ``glow``, ``maf``, ``iaf``, ``planar``, ``radial``,
+    ``sylvester``. ``planar``/``radial``/``sylvester`` and ``iaf`` sample in closed form in one
+    pass (the posterior use); their ``log_prob`` of an external point is solved numerically.
+    ``options`` go to the layers: e.g. ``mask="random"`` (coupling flows), ``order="random"``
+    (MAF/IAF), ``variant="householder"`` (Sylvester), ``activation``, ``scale_bound``, ``seed``.
+    """
+    if not isinstance(name, str) or name.lower() not in _BUILDERS:
+        raise ValueError(f"unknown flow {name!r}; valid names: {', '.join(sorted(_BUILDERS))}")
+    for arg, value in (("dim", dim), ("n_layers", n_layers)):
+        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+            raise ValueError(f"{arg} must be a positive int, got {value!r}")
+    if isinstance(context_dim, bool) or not isinstance(context_dim, int) or context_dim < 0:
+        raise ValueError(f"context_dim must be a non-negative int, got {context_dim!r}")
+    hidden = tuple(hidden)
+    if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
+        raise ValueError(f"hidden must be a sequence of positive ints, got {hidden!r}")
+    try:
+        layers = _BUILDERS[name.lower()](dim, context_dim, n_layers, hidden, **options)
+    except TypeError as err:
+        if "unexpected keyword" in str(err):
+            raise TypeError(f"build({name!r}): {err}") from None
+        raise
+    return Flow(Compose(layers), dim, context_dim)
