@@ -102,8 +102,10 @@ class MADE(nn.Module):
         layers: list[nn.Module] = []
         in_size = dim
         for i, h in enumerate(hidden):
-            # Hidden degrees cycle through 1..dim-1 (0 when dim == 1: such units see context only).
-            d_h = torch.arange(h) % max(dim - 1, 1) + min(dim - 1, 1)
+            # Hidden degrees cycle through lowest..dim-1. Degree-0 units see only the context: with a
+            # context they exist so that the first dimension's parameters depend on it too.
+            lowest = 0 if (context_dim or dim == 1) else 1
+            d_h = torch.arange(h) % max(dim - lowest, 1) + lowest
             mask = (d_h[:, None] >= degrees[-1][None, :]).float()
             if i == 0 and context_dim:
                 mask = torch.cat([mask, torch.ones(h, context_dim)], dim=1)

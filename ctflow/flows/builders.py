@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
+import torch
+
 from .autoregressive import InverseAffineAutoregressive, MaskedAffineAutoregressive
 from .base import Compose, Flow, Inverse, Transform
 from .coupling import (
@@ -21,10 +23,10 @@ from .residual import Planar, Radial, Sylvester
 __all__ = ["build", "FLOW_NAMES", "coupling_masks"]
 
 
-def coupling_masks(dim: int, n_layers: int, kind: str = "half", seed: int | None = None) -> list:
+def coupling_masks(
+    dim: int, n_layers: int, kind: str = "half", seed: int | None = None
+) -> list[torch.Tensor]:
     """Masks for ``n_layers`` coupling layers that alternate which part is transformed."""
-    import torch
-
     if kind == "half":
         return [half_mask(dim, flip=bool(i % 2)) for i in range(n_layers)]
     if kind == "alternating":
@@ -117,15 +119,17 @@ def _iaf(
     ]
 
 
-def _planar(dim, context_dim, n_layers, hidden):
+def _planar(dim, context_dim, n_layers, hidden, seed=None):
     return [Inverse(Planar(dim, context_dim)) for _ in range(n_layers)]
 
 
-def _radial(dim, context_dim, n_layers, hidden):
+def _radial(dim, context_dim, n_layers, hidden, seed=None):
     return [Inverse(Radial(dim, context_dim)) for _ in range(n_layers)]
 
 
-def _sylvester(dim, context_dim, n_layers, hidden, variant="orthogonal", n_vectors=None, n_householder=None):
+def _sylvester(
+    dim, context_dim, n_layers, hidden, variant="orthogonal", n_vectors=None, n_householder=None, seed=None
+):
     return [
         Inverse(
             Sylvester(
@@ -187,8 +191,16 @@ def build(
     hidden = tuple(hidden)
     if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
         raise ValueError(f"hidden must be a sequence of positive ints, got {hidden!r}")
+    builder = _BUILDERS[name.lower()]
     try:
-        layers = _BUILDERS[name.lower()](dim, context_dim, n_layers, hidden, **options)
+        seed = options.get("seed")
+        if seed is None:
+            layers = builder(dim, context_dim, n_layers, hidden, **options)
+        else:
+            # A seed makes the whole construction repeatable (masks, orders and weight init).
+            with torch.random.fork_rng(devices=[]):
+                torch.manual_seed(seed)
+                layers = builder(dim, context_dim, n_layers, hidden, **options)
     except TypeError as err:
         if "unexpected keyword" in str(err):
             raise TypeError(f"build({name!r}): {err}") from None

@@ -38,7 +38,9 @@ class ActNorm(Transform):
     """Per-feature affine ``z = (x + b) * exp(s)`` with data-dependent initialisation.
 
     On the first forward call in training mode, ``b`` and ``s`` are set so that the batch comes out
-    with zero mean and unit variance per feature (Kingma & Dhariwal 2018, "Glow").
+    with zero mean and unit variance per feature (Kingma & Dhariwal 2018, "Glow"). If the layer is
+    used in the sampling direction first, it keeps its current parameters (so densities of the
+    samples drawn stay consistent) and is no longer initialised from data.
     """
 
     def __init__(self, num_features: int, eps: float = 1e-6):
@@ -77,6 +79,9 @@ class ActNorm(Transform):
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         _check_features(z, self.num_features, "ActNorm")
+        if not self._is_initialized:
+            self.initialized.fill_(True)
+            self._is_initialized = True
         x = z * _per_channel(-self.log_scale, z).exp() - _per_channel(self.bias, z)
         return x, -self._ladj(z)
 
