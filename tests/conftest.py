@@ -7,6 +7,10 @@ import torch
 from torch import Tensor, nn
 
 
+# The tests run many small tensor ops, which one thread does fastest (and CI has two cores).
+torch.set_num_threads(1)
+
+
 def perturb(module: nn.Module, scale: float = 0.3, seed: int = 0) -> nn.Module:
     """Add Gaussian noise to every parameter so that no layer sits at its identity initialisation."""
     g = torch.Generator().manual_seed(seed)

@@ -11,7 +11,13 @@ from conftest import perturb
 from ctflow.flows import FLOW_NAMES, Flow, StandardNormal, build
 
 
-def _grid_integral(flow: Flow, half_width: float = 12.0, n: int = 481) -> float:
+# Tight solver tolerances so that CNF densities are exact to the test tolerances; a fine fixed-step
+# RK4 (global error ~1e-6) for the many grid points of the normalisation test.
+OPTIONS = {"cnf": {"solver": {"rtol": 1e-8, "atol": 1e-8}}}
+GRID_OPTIONS = {"cnf": {"solver": {"method": "rk4", "step_size": 0.1}}}
+
+
+def _grid_integral(flow: Flow, half_width: float = 12.0, n: int = 301) -> float:
     """Trapezoid-rule integral of exp(log_prob) over a square grid."""
     t = torch.linspace(-half_width, half_width, n, dtype=torch.float64)
     xx, yy = torch.meshgrid(t, t, indexing="ij")
@@ -24,7 +30,7 @@ def _grid_integral(flow: Flow, half_width: float = 12.0, n: int = 481) -> float:
 @pytest.mark.parametrize("name", FLOW_NAMES)
 def test_random_2d_flow_density_integrates_to_one(name):
     torch.manual_seed(0)
-    flow = build(name, 2, n_layers=3, hidden=(16, 16), seed=0).double()
+    flow = build(name, 2, n_layers=3, hidden=(16, 16), seed=0, **GRID_OPTIONS.get(name, {})).double()
     flow.train()
     flow.log_prob(torch.randn(256, 2, dtype=torch.float64))  # data-dependent init where any
     perturb(flow, 0.15, seed=3)
@@ -32,7 +38,12 @@ def test_random_2d_flow_density_integrates_to_one(name):
     # The perturbation must have moved the density away from the base Gaussian.
     x = torch.randn(64, 2, dtype=torch.float64)
     assert (flow.log_prob(x) - StandardNormal(2).double().log_prob(x)).abs().max() > 1e-2
-    assert _grid_integral(flow) == pytest.approx(1.0, abs=0.01)
+    # Heavy-tailed flows put some mass beyond the grid: count it with samples (SE < 2e-3).
+    with torch.no_grad():
+        samples = flow.sample(20_000)
+    outside = (samples.abs().max(dim=1).values > 12.0).double().mean().item()
+    assert outside < 0.2
+    assert _grid_integral(flow) + outside == pytest.approx(1.0, abs=0.01)
 
 
 def test_trained_2d_flow_density_integrates_to_one():
@@ -61,7 +72,8 @@ def test_one_dimensional_density_integrates_to_one():
 
 @pytest.mark.parametrize("name", FLOW_NAMES)
 def test_rsample_log_prob_agrees_with_log_prob(name):
-    flow = perturb(build(name, 3, context_dim=2, n_layers=2, hidden=(16,)).double(), 0.2)
+    flow = build(name, 3, context_dim=2, n_layers=2, hidden=(16,), **OPTIONS.get(name, {}))
+    flow = perturb(flow.double(), 0.2)
     ctx = torch.randn(5, 2, dtype=torch.float64)
     x, lp = flow.rsample_and_log_prob(context=ctx)
     assert x.shape == (5, 3) and lp.shape == (5,)

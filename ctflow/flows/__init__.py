@@ -22,6 +22,7 @@ from .base import (
     validation_enabled,
 )
 from .builders import FLOW_NAMES, build, coupling_masks, register
+from .continuous import CNF, ConcatLinear, ConcatSquashLinear, GatedLinear, VectorField
 from .coupling import (
     AdditiveCoupling,
     AffineCoupling,
@@ -35,11 +36,31 @@ from .coupling import (
     half_mask,
     random_mask,
 )
+from .distill import distill, reverse_kl_estimate
+from .gaussianization import GaussianizationBlock, HouseholderRotation, MarginalGaussianization
 from .glow import ActNorm, GlowStep, InvConv1x1, InvertibleLinear
+from .mixture_cdf import MixtureCDFCoupling
 from .nets import MLP
 from .residual import Planar, Radial, Sylvester
+from .wavenet import (
+    CausalConv1d,
+    WaveNet,
+    WaveNetAffineAutoregressive,
+    WaveNetIAF,
+    layers_to_cover,
+    wavenet_receptive_field,
+)
 
 __all__ = [
+    "CNF",
+    "ConcatLinear",
+    "ConcatSquashLinear",
+    "GatedLinear",
+    "VectorField",
+    "GaussianizationBlock",
+    "HouseholderRotation",
+    "MarginalGaussianization",
+    "MixtureCDFCoupling",
     "ActNorm",
     "AdditiveCoupling",
     "AffineCoupling",
@@ -76,4 +97,12 @@ __all__ = [
     "register",
     "set_validation",
     "validation_enabled",
+    "CausalConv1d",
+    "WaveNet",
+    "WaveNetAffineAutoregressive",
+    "WaveNetIAF",
+    "distill",
+    "layers_to_cover",
+    "reverse_kl_estimate",
+    "wavenet_receptive_field",
 ]

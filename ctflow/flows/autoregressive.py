@@ -13,6 +13,7 @@ step: sampling is one pass, the density of an external point takes one pass per 
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import NamedTuple
 
 import torch
 from torch import Tensor, nn
@@ -55,7 +56,13 @@ def make_order(
 
 
 class MaskedLinear(nn.Linear):
-    """Linear layer whose weight is multiplied by a fixed 0/1 connectivity mask."""
+    """Linear layer whose weight is multiplied by a fixed 0/1 connectivity mask.
+
+    The product is formed from the current ``weight`` at each use, so whatever is written into the
+    masked entries (an optimiser step, a loaded state dict, noise) never reaches the output and gets
+    no gradient. Callers that evaluate the layer many times with unchanged parameters take
+    :meth:`masked_weight` once and reuse it.
+    """
 
     def __init__(self, in_features: int, out_features: int, mask: Tensor):
         super().__init__(in_features, out_features)
@@ -63,8 +70,25 @@ class MaskedLinear(nn.Linear):
         with torch.no_grad():
             self.weight.mul_(self.mask)
 
+    def masked_weight(self) -> Tensor:
+        """``weight * mask``, the weight the layer applies."""
+        return self.weight * self.mask
+
     def forward(self, x: Tensor) -> Tensor:
-        return F.linear(x, self.weight * self.mask, self.bias)
+        return F.linear(x, self.masked_weight(), self.bias)
+
+
+class FrozenMADE(NamedTuple):
+    """A :class:`MADE` with its masks applied and its context folded in (see :meth:`MADE.freeze`).
+
+    ``input_weight`` acts on the autoregressive inputs, ``first_term`` is the first layer's bias
+    plus the context's contribution (``(hidden,)``, ``(1, hidden)`` or ``(batch, hidden)``), and
+    ``layers`` lists the rest of the network: ``(weight, bias)`` pairs and activation modules.
+    """
+
+    input_weight: Tensor
+    first_term: Tensor
+    layers: tuple[tuple[Tensor, Tensor] | nn.Module, ...]
 
 
 class MADE(nn.Module):
@@ -123,12 +147,117 @@ class MADE(nn.Module):
         layers.append(out)
         self.net = nn.Sequential(*layers)
 
-    def forward(self, x: Tensor, context: Tensor | None = None) -> Tensor:
+    def freeze(self, context: Tensor | None = None) -> FrozenMADE:
+        """The masked weights and the context's share of the first layer, computed once.
+
+        Pass the result as ``frozen`` to evaluate the network several times on one context (the
+        passes of an autoregressive inverse) without re-applying the masks or re-projecting the
+        context. It holds the current parameters (and, with autograd on, their graph): use it
+        within one computation, not across parameter updates.
+        """
+        first, *rest = self.net
+        weight = first.masked_weight()
         if self.context_dim:
             if context is None:
                 raise ValueError(f"MADE needs a context of shape (batch, {self.context_dim})")
-            x = torch.cat([x, context.expand(x.shape[0], -1)], dim=1)
-        return self.net(x)
+            if context.dim() == 1:
+                context = context.unsqueeze(0)
+            # The context columns sit after the ``dim`` input columns of the first layer.
+            first_term = torch.addmm(first.bias, context, weight[:, self.dim :].t())
+            weight = weight[:, : self.dim]
+        else:
+            first_term = first.bias
+        layers = tuple((m.masked_weight(), m.bias) if isinstance(m, MaskedLinear) else m for m in rest)
+        return FrozenMADE(weight, first_term, layers)
+
+    def forward(
+        self, x: Tensor, context: Tensor | None = None, *, frozen: FrozenMADE | None = None
+    ) -> Tensor:
+        """Outputs ``(batch, n_params * dim)``; with ``frozen`` (from :meth:`freeze`) ``context`` is
+        not read again."""
+        if frozen is None:
+            frozen = self.freeze(context)
+        # ``first_term + x @ W_x^T`` equals the first layer applied to ``[x, context]``.
+        h = torch.addmm(frozen.first_term, x, frozen.input_weight.t())
+        for layer in frozen.layers:
+            if isinstance(layer, tuple):
+                h = F.linear(h, *layer)
+            elif type(layer) is nn.ReLU:
+                # ``h`` is always a fresh linear output here, which nothing else keeps.
+                h = torch.relu_(h)
+            else:
+                h = layer(h)
+        return h
+
+
+class _DegreeByDegree:
+    """Evaluates a MADE one input degree at a time, computing every hidden unit exactly once.
+
+    A unit's value is final as soon as the inputs it depends on are, so while an autoregressive
+    inverse solves for the input of degree ``k + 1`` only the units depending on degree ``k``
+    are new. Here the units of each layer are sorted by the highest input degree they depend on
+    (read off the masks), so those already known form a prefix of a buffer; :meth:`params` adds
+    the new ones and returns the outputs for the next input. Inputs are kept in degree order.
+    Used without autograd (the buffers are filled in place).
+    """
+
+    def __init__(self, made: MADE, frozen: FrozenMADE, batch: int, like: Tensor):
+        dim, n_params = made.dim, made.n_params
+        self.in_order = torch.argsort(made.degrees)  # in_order[k] is the input of degree k + 1
+        linears = [m for m in made.net if isinstance(m, MaskedLinear)]
+        weights = [frozen.input_weight] + [layer[0] for layer in frozen.layers if isinstance(layer, tuple)]
+        self.activations = [layer for layer in frozen.layers if not isinstance(layer, tuple)]
+        biases = [frozen.first_term] + [layer[1] for layer in frozen.layers if isinstance(layer, tuple)]
+
+        # Highest input degree each hidden unit depends on, through the masks (0: context/bias only).
+        depends, unit_order, ends = made.degrees.to(like.dtype), [], []
+        for linear in linears[:-1]:
+            depends = (linear.mask[:, : depends.numel()] * depends).amax(1)
+            ordered, order = torch.sort(depends, stable=True)
+            unit_order.append(order)
+            ends.append(torch.searchsorted(ordered, torch.arange(dim, dtype=ordered.dtype), right=True))
+        # ends[l][k]: how many units of hidden layer l are known once the inputs of degree <= k are.
+        self.ends = torch.stack(ends).tolist()
+
+        # Weights with rows (units) and columns (inputs or units) in the orders above.
+        self.weights, self.biases = [], []
+        previous = self.in_order
+        for w, b, order in zip(weights[:-1], biases[:-1], unit_order, strict=True):
+            self.weights.append(w[order][:, previous])
+            self.biases.append(b[..., order])
+            previous = order
+        # Output rows for the input of degree k + 1: parameter p of input i sits at row p * dim + i.
+        rows = (self.in_order[:, None] + dim * torch.arange(n_params, device=like.device)).flatten()
+        self.out_weight = weights[-1][rows][:, previous].unflatten(0, (dim, n_params))
+        self.out_bias = biases[-1][rows].unflatten(0, (dim, n_params))
+
+        self.batch = batch
+        self.inputs = like.new_empty(batch, dim)
+        self.hidden = [like.new_empty(batch, w.shape[0]) for w in self.weights]
+
+    def params(self, k: int) -> Tensor:
+        """Outputs ``(batch, n_params)`` for the input of degree ``k + 1``; inputs of degree <= k set."""
+        known = self.inputs[:, :k]
+        layers = zip(self.weights, self.biases, self.activations, self.hidden, self.ends, strict=True)
+        for w, b, act, h, ends in layers:
+            start, end = ends[k - 1] if k else 0, ends[k]
+            if end > start:
+                pre = b[..., start:end]
+                if known.shape[1]:
+                    pre = torch.addmm(pre, known, w[start:end, : known.shape[1]].t())
+                h[:, start:end] = act(pre)
+            known = h[:, :end]
+        if not known.shape[1]:
+            return self.out_bias[k].expand(self.batch, -1)
+        return torch.addmm(self.out_bias[k], known, self.out_weight[k, :, : known.shape[1]].t())
+
+    def set_input(self, k: int, value: Tensor) -> None:
+        """Record the solved input of degree ``k + 1``."""
+        self.inputs[:, k] = value
+
+    def solution(self) -> Tensor:
+        """The inputs in their original order."""
+        return self.inputs[:, torch.argsort(self.in_order)]
 
 
 class MaskedAffineAutoregressive(Transform):
@@ -153,21 +282,41 @@ class MaskedAffineAutoregressive(Transform):
         self.scale_bound = float(scale_bound)
         self.made = MADE(dim, 2, hidden, context_dim, order, activation, seed=seed)
 
-    def _shift_logscale(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
-        shift, raw = self.made(x, context).chunk(2, dim=1)
+    def _shift_logscale(
+        self, x: Tensor, context: Tensor | None, frozen: FrozenMADE | None = None
+    ) -> tuple[Tensor, Tensor]:
+        shift, raw = self.made(x, context, frozen=frozen).chunk(2, dim=1)
         return shift, soft_clamp(raw, self.scale_bound)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         shift, log_s = self._shift_logscale(x, context)
-        return x * log_s.exp() + shift, log_s.sum(1)
+        return torch.addcmul(shift, x, log_s.exp()), log_s.sum(1)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        # The masks and the context projection are the same in every pass, so they are done once.
+        frozen = self.made.freeze(context)
+        if not torch.is_grad_enabled():
+            return self._inverse_by_degree(z, frozen)
         # After pass k every dimension of degree <= k is exact; ``dim`` passes finish the job.
         x = torch.zeros_like(z)
         for _ in range(self.dim):
-            shift, log_s = self._shift_logscale(x, context)
-            x = (z - shift) * (-log_s).exp()
+            shift, log_s = self._shift_logscale(x, context, frozen)
+            x = (z - shift) / log_s.exp()
         return x, -log_s.sum(1)
+
+    def _inverse_by_degree(self, z: Tensor, frozen: FrozenMADE) -> tuple[Tensor, Tensor]:
+        # The same ``dim`` sequential steps, but step k only evaluates the hidden units that depend
+        # on the input of degree k and the outputs of degree k + 1 (the rest of each full pass
+        # would recompute values already known, or values not needed yet).
+        solver = _DegreeByDegree(self.made, frozen, z.shape[0], z)
+        z = z[:, solver.in_order]
+        sum_log_s = z.new_zeros(z.shape[0])
+        for k in range(self.dim):
+            shift, raw = solver.params(k).unbind(1)
+            log_s = soft_clamp(raw, self.scale_bound)
+            solver.set_input(k, (z[:, k] - shift) / log_s.exp())
+            sum_log_s += log_s
+        return solver.solution(), -sum_log_s
 
 
 class InverseAffineAutoregressive(Inverse):

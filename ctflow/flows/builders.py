@@ -8,6 +8,7 @@ import torch
 
 from .autoregressive import InverseAffineAutoregressive, MaskedAffineAutoregressive
 from .base import Compose, Flow, Inverse, Transform
+from .continuous import CNF
 from .coupling import (
     AdditiveCoupling,
     AffineCoupling,
@@ -17,7 +18,9 @@ from .coupling import (
     half_mask,
     random_mask,
 )
-from .glow import GlowStep
+from .gaussianization import GaussianizationBlock
+from .glow import ActNorm, GlowStep
+from .mixture_cdf import MixtureCDFCoupling
 from .residual import Planar, Radial, Sylvester
 
 __all__ = ["build", "FLOW_NAMES", "coupling_masks"]
@@ -145,6 +148,35 @@ def _sylvester(
     ]
 
 
+def _mixlogcdf(
+    dim,
+    context_dim,
+    n_layers,
+    hidden,
+    mask="alternating",
+    n_components=4,
+    activation="relu",
+    actnorm=True,
+    seed=None,
+):
+    layers: list[Transform] = []
+    for m in coupling_masks(dim, n_layers, mask, seed):
+        if actnorm:
+            layers.append(ActNorm(dim))
+        layers.append(
+            MixtureCDFCoupling(m, context_dim, hidden, n_components=n_components, activation=activation)
+        )
+    return layers
+
+
+def _gaussianization(dim, context_dim, n_layers, hidden, n_components=8, kind="kde", seed=None):
+    return [GaussianizationBlock(dim, n_components, context_dim, kind) for _ in range(n_layers)]
+
+
+def _cnf(dim, context_dim, n_layers, hidden, seed=None, **cnf_options):
+    return [CNF(dim, context_dim, hidden, **cnf_options) for _ in range(n_layers)]
+
+
 _BUILDERS: dict[str, Callable[..., list[Transform]]] = {
     "nice": _nice,
     "realnvp": _realnvp,
@@ -154,6 +186,9 @@ _BUILDERS: dict[str, Callable[..., list[Transform]]] = {
     "planar": _planar,
     "radial": _radial,
     "sylvester": _sylvester,
+    "mixlogcdf": _mixlogcdf,
+    "gaussianization": _gaussianization,
+    "cnf": _cnf,
 }
 FLOW_NAMES: tuple[str, ...] = tuple(_BUILDERS)
 

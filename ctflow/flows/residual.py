@@ -16,43 +16,14 @@ With a context, every parameter is ``base + Linear(context)`` (amortised, as in 
 
 from __future__ import annotations
 
-from collections.abc import Callable
-
 import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
 from .base import Transform
+from .numerics import solve_increasing
 
-__all__ = ["Planar", "Radial", "Sylvester", "solve_increasing"]
-
-
-def solve_increasing(
-    g: Callable[[Tensor], Tensor],
-    dg: Callable[[Tensor], Tensor],
-    target: Tensor,
-    lo: Tensor,
-    hi: Tensor,
-    iters: int | None = None,
-) -> Tensor:
-    """Solve ``g(a) = target`` elementwise for a strictly increasing ``g`` bracketed by ``[lo, hi]``.
-
-    Vectorised bisection (``iters`` halvings; default enough for the dtype's precision) without
-    autograd, then one Newton step with autograd: its value changes by a rounding error but its
-    gradient is the implicit-function gradient ``-(dg/dtheta - dtarget/dtheta) / g'(a)``, so the
-    solution can be differentiated. ``dg`` is ``g'``.
-    """
-    if iters is None:
-        iters = 80 if target.dtype == torch.float64 else 50
-    with torch.no_grad():
-        lo, hi = lo.detach().clone(), hi.detach().clone()
-        for _ in range(iters):
-            mid = 0.5 * (lo + hi)
-            above = g(mid) > target
-            hi = torch.where(above, mid, hi)
-            lo = torch.where(above, lo, mid)
-        root = 0.5 * (lo + hi)
-    return root - (g(root) - target) / dg(root)
+__all__ = ["Planar", "Radial", "Sylvester"]
 
 
 class _Amortised(nn.Module):

@@ -1,0 +1,138 @@
+"""The one entry point to the ODE solvers: solver choice, tolerances, adjoint and NFE counting.
+
+Everything in ctflow that integrates an ODE (continuous normalizing flows, continuous-time hidden
+states) goes through :func:`integrate`, so solver options mean the same everywhere and function
+evaluations are counted the same way.
+
+Chen, Rubanova, Bettencourt & Duvenaud (2018), "Neural Ordinary Differential Equations";
+solvers from ``torchdiffeq``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from torch import Tensor, nn
+from torchdiffeq import odeint, odeint_adjoint
+
+__all__ = ["SolverOptions", "NFECounter", "integrate", "FIXED_STEP", "ADAPTIVE"]
+
+FIXED_STEP = ("euler", "midpoint", "rk4", "heun3", "explicit_adams", "implicit_adams")
+ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+
+
+@dataclass
+class SolverOptions:
+    """How to integrate: ``method`` (adaptive: dopri5, dopri8, bosh3, fehlberg2, adaptive_heun;
+    fixed-step: euler, midpoint, rk4, heun3, explicit_adams, implicit_adams), tolerances for
+    adaptive solvers, ``step_size`` for fixed-step ones, and ``adjoint`` to backpropagate by
+    solving the adjoint ODE (memory O(1) in the number of steps) instead of through the solver.
+    ``adjoint_rtol``/``adjoint_atol`` default to the forward tolerances.
+    """
+
+    method: str = "dopri5"
+    rtol: float = 1e-5
+    atol: float = 1e-5
+    step_size: float | None = None
+    adjoint: bool = False
+    adjoint_rtol: float | None = None
+    adjoint_atol: float | None = None
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        if self.method not in FIXED_STEP + ADAPTIVE:
+            raise ValueError(f"unknown ODE method {self.method!r}; valid: {', '.join(FIXED_STEP + ADAPTIVE)}")
+        for name in ("rtol", "atol"):
+            if not getattr(self, name) > 0:
+                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
+        if self.method in FIXED_STEP and self.step_size is not None and not self.step_size > 0:
+            raise ValueError(f"step_size must be positive, got {self.step_size}")
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+    def _torchdiffeq_options(self) -> dict[str, Any]:
+        opts = dict(self.extra)
+        if self.method in FIXED_STEP and self.step_size is not None:
+            opts["step_size"] = self.step_size
+        return opts
+
+
+class NFECounter(nn.Module):
+    """Wraps a vector field ``func(t, state)`` and counts its evaluations.
+
+    ``nfe_forward`` counts evaluations made while solving forward in time; ``nfe_backward`` counts
+    evaluations made by backpropagation: calls of the adjoint ODE, or, when differentiating through
+    the solver, each recorded evaluation whose graph the gradient traverses. Counters accumulate
+    until :meth:`reset`.
+    """
+
+    def __init__(self, func: nn.Module):
+        super().__init__()
+        self.func = func
+        self.nfe_forward = 0
+        self.nfe_backward = 0
+        self._in_forward_solve = False
+
+    def reset(self) -> None:
+        self.nfe_forward = 0
+        self.nfe_backward = 0
+
+    def _count_backward(self, grad: Tensor) -> Tensor:
+        self.nfe_backward += 1
+        return grad
+
+    def forward(self, t: Tensor, state):
+        out = self.func(t, state)
+        if not self._in_forward_solve:
+            self.nfe_backward += 1  # called by the adjoint solve during backpropagation
+            return out
+        self.nfe_forward += 1
+        first = out[0] if isinstance(out, tuple) else out
+        if first.requires_grad:
+            first.register_hook(self._count_backward)
+        return out
+
+
+def integrate(
+    func: nn.Module,
+    y0: Tensor | tuple[Tensor, ...],
+    t: Tensor,
+    options: SolverOptions | None = None,
+    counter: NFECounter | None = None,
+    adjoint_params: tuple[Tensor, ...] | None = None,
+):
+    """Solve ``dy/dt = func(t, y)`` from ``y0`` at the times ``t`` (1-D, increasing or decreasing).
+
+    Returns the solution at every time in ``t`` (leading axis), as ``torchdiffeq.odeint`` does;
+    ``y0`` may be a tuple of tensors. Pass an :class:`NFECounter` wrapping ``func`` (and use it as
+    ``func``) to count evaluations. ``adjoint_params`` defaults to ``func``'s parameters.
+    """
+    options = options or SolverOptions()
+    if counter is not None and func is not counter:
+        raise ValueError("pass the NFECounter itself as func so that its evaluations are counted")
+    kwargs: dict[str, Any] = {
+        "rtol": options.rtol,
+        "atol": options.atol,
+        "method": options.method,
+        "options": options._torchdiffeq_options(),
+    }
+    if counter is not None:
+        counter._in_forward_solve = True
+    try:
+        if options.adjoint:
+            params = adjoint_params if adjoint_params is not None else tuple(func.parameters())
+            return odeint_adjoint(
+                func,
+                y0,
+                t,
+                adjoint_rtol=options.adjoint_rtol or options.rtol,
+                adjoint_atol=options.adjoint_atol or options.atol,
+                adjoint_params=params,
+                **kwargs,
+            )
+        return odeint(func, y0, t, **kwargs)
+    finally:
+        if counter is not None:
+            counter._in_forward_solve = False

@@ -1,0 +1,430 @@
+"""Training loops (first version): maximum-likelihood fitting of flows.
+
+:func:`fit_density` minimises the mean negative log-likelihood of a :class:`ctflow.flows.Flow`
+with Adam, a cosine learning-rate schedule, gradient clipping, early stopping on a validation set
+and a wall-clock budget. The loop itself (:func:`_train_loop`) only needs a module and a function
+giving the loss of a minibatch, so other models with a loss can reuse it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+import math
+import numbers
+import time
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+from tqdm import tqdm
+
+from .flows.base import set_validation, validation_enabled
+
+__all__ = ["fit_density", "evaluate_nll"]
+
+ArrayLike = Tensor | np.ndarray
+
+
+# ---------------------------------------------------------------------------------------------
+# Argument checks and conversion
+# ---------------------------------------------------------------------------------------------
+
+
+def _positive_int(value: Any, name: str, allow_none: bool = False) -> int | None:
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive int{' or None' if allow_none else ''}, got {value!r}")
+    return int(value)
+
+
+def _real(value: Any, name: str, *, positive: bool, allow_none: bool = False) -> float | None:
+    if value is None and allow_none:
+        return None
+    what = "a positive" if positive else "a non-negative"
+    suffix = " or None" if allow_none else ""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be {what} number{suffix}, got {type(value).__name__}")
+    value = float(value)
+    if not math.isfinite(value) or value < 0 or (positive and value == 0):
+        raise ValueError(f"{name} must be {what} finite number{suffix}, got {value!r}")
+    return value
+
+
+def _check_flow(flow: Any) -> None:
+    if not isinstance(flow, nn.Module) or not callable(getattr(flow, "log_prob", None)):
+        raise TypeError(
+            f"flow must be a torch.nn.Module with a log_prob method (e.g. a ctflow.flows.Flow), "
+            f"got {type(flow).__name__}"
+        )
+
+
+def _dtype_device(module: nn.Module) -> tuple[torch.dtype, torch.device]:
+    """The dtype and device of a module's first floating-point parameter or buffer."""
+    for t in itertools.chain(module.parameters(), module.buffers()):
+        if t.is_floating_point():
+            return t.dtype, t.device
+    return torch.get_default_dtype(), torch.device("cpu")
+
+
+def _as_tensor(value: Any, name: str, dtype: torch.dtype, device: torch.device) -> Tensor:
+    """``value`` (tensor or numpy array) as a finite tensor of ``dtype`` on ``device``."""
+    if isinstance(value, Tensor):
+        t = value.detach()
+    elif isinstance(value, np.ndarray):
+        if not np.issubdtype(value.dtype, np.number) or np.issubdtype(value.dtype, np.complexfloating):
+            raise TypeError(f"{name} must hold real numbers, got numpy dtype {value.dtype}")
+        t = torch.from_numpy(np.ascontiguousarray(value))
+    else:
+        raise TypeError(f"{name} must be a torch.Tensor or numpy.ndarray, got {type(value).__name__}")
+    if t.is_complex() or t.dtype == torch.bool:
+        raise TypeError(f"{name} must hold real numbers, got dtype {t.dtype}")
+    t = t.to(dtype=dtype, device=device)
+    if t.numel() and not bool(torch.isfinite(t).all()):
+        raise ValueError(f"{name} has NaN or infinite entries")
+    return t
+
+
+def _data(flow: nn.Module, value: Any, name: str) -> Tensor:
+    dtype, device = _dtype_device(flow)
+    x = _as_tensor(value, name, dtype, device)
+    event_shape = getattr(flow, "event_shape", None)
+    if x.dim() < 2 or x.shape[0] == 0:
+        raise ValueError(f"{name} must have shape (n, ...) with n >= 1 rows, got {tuple(x.shape)}")
+    if event_shape is not None and tuple(x.shape[1:]) != tuple(event_shape):
+        expected = ", ".join(map(str, event_shape))
+        raise ValueError(f"{name} must have shape (n, {expected}) for this flow, got {tuple(x.shape)}")
+    return x
+
+
+@dataclass
+class _Context:
+    """A context that is either one row per sample (``per_row``) or shared by all samples."""
+
+    value: Tensor | None
+    per_row: bool = False
+
+    def rows(self, idx: Tensor | slice) -> Tensor | None:
+        if self.value is None or not self.per_row:
+            return self.value
+        return self.value[idx]
+
+
+def _context(flow: nn.Module, value: Any, n: int, name: str, data_name: str) -> _Context:
+    if value is None:
+        return _Context(None)
+    dtype, device = _dtype_device(flow)
+    c = _as_tensor(value, name, dtype, device)
+    if c.dim() == 1 or (c.dim() == 2 and c.shape[0] == 1):
+        return _Context(c, per_row=False)
+    if c.dim() == 2 and c.shape[0] == n:
+        return _Context(c, per_row=True)
+    raise ValueError(
+        f"{name} must have shape (context_dim,), (1, context_dim) or ({n}, context_dim) to match "
+        f"{data_name}, got {tuple(c.shape)}"
+    )
+
+
+@contextlib.contextmanager
+def _finiteness_checks_off() -> Iterator[None]:
+    """Let ``Flow.log_prob`` return non-finite values instead of raising (inputs are checked here)."""
+    previous = validation_enabled()
+    set_validation(False)
+    try:
+        yield
+    finally:
+        set_validation(previous)
+
+
+def _batch_nll(flow: nn.Module, x: Tensor, context: Tensor | None) -> Tensor:
+    lp = flow.log_prob(x) if context is None else flow.log_prob(x, context)
+    return -lp.mean()
+
+
+def _mean_nll(flow: nn.Module, x: Tensor, context: _Context, batch_size: int) -> float:
+    """Mean NLL of all rows of ``x`` in eval mode without gradients (restores the module's mode)."""
+    was_training = flow.training
+    flow.eval()
+    total = 0.0
+    try:
+        with torch.no_grad():
+            for start in range(0, x.shape[0], batch_size):
+                sl = slice(start, start + batch_size)
+                lp = flow.log_prob(x[sl]) if context.value is None else flow.log_prob(x[sl], context.rows(sl))
+                total += float(lp.double().sum())
+    finally:
+        flow.train(was_training)
+    return -total / x.shape[0]
+
+
+# ---------------------------------------------------------------------------------------------
+# Public API
+# ---------------------------------------------------------------------------------------------
+
+
+def evaluate_nll(
+    flow: nn.Module, x: ArrayLike, context: ArrayLike | None = None, batch_size: int = 8192
+) -> float:
+    """Mean negative log-likelihood of the rows of ``x`` in nats, without gradients.
+
+    The flow is evaluated in eval mode (its mode is restored afterwards). ``x`` and ``context`` may
+    be tensors or numpy arrays; they are converted to the flow's dtype and device. ``context`` is
+    one row per sample or a single shared row. A non-finite log-density of some point gives a
+    non-finite result rather than an error.
+    """
+    _check_flow(flow)
+    batch_size = _positive_int(batch_size, "batch_size")
+    xt = _data(flow, x, "x")
+    ctx = _context(flow, context, xt.shape[0], "context", "x")
+    with _finiteness_checks_off():
+        return _mean_nll(flow, xt, ctx, batch_size)
+
+
+def fit_density(
+    flow: nn.Module,
+    train: ArrayLike,
+    val: ArrayLike | None = None,
+    *,
+    context: ArrayLike | None = None,
+    val_context: ArrayLike | None = None,
+    epochs: int = 100,
+    max_steps: int | None = None,
+    batch_size: int = 512,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    grad_clip: float | None = 5.0,
+    patience: int | None = None,
+    time_limit: float | None = None,
+    seed: int | None = None,
+    verbose: bool = False,
+) -> dict[str, Any]:
+    """Fit ``flow`` to the rows of ``train`` by maximum likelihood (minimise the mean ``-log_prob``).
+
+    Adam (``weight_decay`` is its L2 penalty) with a cosine learning-rate schedule from ``lr`` to 0.
+    The schedule follows whichever budget is used up fastest: the steps (``epochs`` times the
+    batches per epoch, capped by ``max_steps``) or the wall-clock ``time_limit``; so a time-limited
+    fit still ends at a small learning rate. Gradients are clipped to norm ``grad_clip`` (``None``:
+    no clipping). A batch whose loss or gradient is not finite never updates the weights: the
+    step is skipped and counted; an epoch in which every step is skipped ends training.
+
+    With ``val``, the validation NLL is computed after every epoch and the best weights are
+    restored at the end; with ``patience`` as well, training stops after ``patience`` epochs
+    without improvement. ``time_limit`` (seconds) stops training once the budget is spent,
+    validation included.
+
+    Args:
+        flow: a :class:`ctflow.flows.Flow` (any module with ``log_prob(x[, context])`` works).
+        train, val: data ``(n, *event_shape)`` as tensors or numpy arrays, converted to the dtype
+            and device of the flow's parameters.
+        context, val_context: conditioning for a conditional flow: one row per sample or a single
+            row shared by all.
+        epochs: passes over ``train``; ``max_steps`` caps the number of batches processed.
+        batch_size: rows per step (the last batch of an epoch may be smaller).
+        seed: seeds the shuffling (the flow's initial weights are not touched).
+        verbose: show a tqdm progress bar with the running loss and the validation NLL.
+
+    Returns:
+        A history dict: ``train_nll`` (per epoch, mean minibatch loss over the updates of that
+        epoch), ``val_nll`` (per epoch, empty without ``val``), ``best_val_nll`` and
+        ``best_epoch`` (index into ``val_nll``; ``None`` without ``val``), ``epochs`` (epochs
+        started), ``n_steps`` (weight updates made), ``skipped_steps``, ``seconds`` and
+        ``stop_reason`` (``"epochs"``, ``"max_steps"``, ``"time_limit"``, ``"early_stopping"``
+        or ``"non_finite"``).
+    """
+    _check_flow(flow)
+    epochs = _positive_int(epochs, "epochs")
+    max_steps = _positive_int(max_steps, "max_steps", allow_none=True)
+    batch_size = _positive_int(batch_size, "batch_size")
+    lr = _real(lr, "lr", positive=True)
+    weight_decay = _real(weight_decay, "weight_decay", positive=False)
+    grad_clip = _real(grad_clip, "grad_clip", positive=True, allow_none=True)
+    patience = _positive_int(patience, "patience", allow_none=True)
+    time_limit = _real(time_limit, "time_limit", positive=True, allow_none=True)
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+    if val is None and patience is not None:
+        raise ValueError("patience needs a validation set: pass val")
+    if val is None and val_context is not None:
+        raise ValueError("val_context was given without val")
+    if val is not None and context is not None and val_context is None:
+        raise ValueError("the flow is trained with a context: pass val_context for val as well")
+
+    x = _data(flow, train, "train")
+    ctx = _context(flow, context, x.shape[0], "context", "train")
+    xv = _data(flow, val, "val") if val is not None else None
+    ctx_v = _context(flow, val_context, xv.shape[0], "val_context", "val") if xv is not None else None
+
+    def batch_loss(idx: Tensor) -> Tensor:
+        return _batch_nll(flow, x[idx], ctx.rows(idx))
+
+    val_loss = None
+    if xv is not None:
+
+        def val_loss() -> float:
+            return _mean_nll(flow, xv, ctx_v, max(batch_size, 8192))
+
+    with _finiteness_checks_off():
+        return _train_loop(
+            flow,
+            n_train=x.shape[0],
+            batch_loss=batch_loss,
+            val_loss=val_loss,
+            epochs=epochs,
+            max_steps=max_steps,
+            batch_size=batch_size,
+            lr=lr,
+            weight_decay=weight_decay,
+            grad_clip=grad_clip,
+            patience=patience,
+            time_limit=time_limit,
+            seed=seed,
+            verbose=bool(verbose),
+            desc="fit_density",
+            loss_name="nll",
+        )
+
+
+# ---------------------------------------------------------------------------------------------
+# The loop
+# ---------------------------------------------------------------------------------------------
+
+
+def _train_loop(
+    module: nn.Module,
+    *,
+    n_train: int,
+    batch_loss: Callable[[Tensor], Tensor],
+    val_loss: Callable[[], float] | None,
+    epochs: int,
+    max_steps: int | None,
+    batch_size: int,
+    lr: float,
+    weight_decay: float,
+    grad_clip: float | None,
+    patience: int | None,
+    time_limit: float | None,
+    seed: int | None,
+    verbose: bool,
+    desc: str,
+    loss_name: str,
+) -> dict[str, Any]:
+    """Minimise ``batch_loss(indices)`` over shuffled minibatches of ``range(n_train)``.
+
+    Arguments are as in :func:`fit_density` (already validated). ``val_loss()`` returns the
+    validation loss of the current weights (lower is better); history keys use ``loss_name``.
+    """
+    params = [p for p in module.parameters() if p.requires_grad]
+    if not params:
+        raise ValueError("the model has no trainable parameters")
+    _, device = _dtype_device(module)
+    optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
+    steps_per_epoch = math.ceil(n_train / batch_size)
+    total_steps = epochs * steps_per_epoch
+    if max_steps is not None:
+        total_steps = min(total_steps, max_steps)
+    generator = torch.Generator()
+    if seed is None:
+        generator.seed()
+    else:
+        generator.manual_seed(int(seed))
+    clip = grad_clip if grad_clip is not None else math.inf
+
+    train_hist: list[float] = []
+    val_hist: list[float] = []
+    best_val, best_epoch, best_state, bad_epochs = math.inf, None, None, 0
+    n_steps = skipped = attempted = 0
+    running = math.nan
+    postfix: dict[str, str] = {}
+    stop_reason = "epochs"
+    was_training = module.training
+    start = time.perf_counter()
+
+    def progress() -> float:
+        frac = attempted / total_steps
+        if time_limit is not None:
+            frac = max(frac, (time.perf_counter() - start) / time_limit)
+        return min(frac, 1.0)
+
+    module.train()
+    bar = tqdm(total=total_steps, desc=desc, disable=not verbose, leave=True, dynamic_ncols=True)
+    try:
+        for _epoch in range(epochs):
+            perm = torch.randperm(n_train, generator=generator).to(device)
+            loss_sum, loss_count, epoch_attempts = 0.0, 0, 0
+            for i in range(steps_per_epoch):
+                if attempted >= total_steps:
+                    stop_reason = "max_steps"
+                    break
+                if time_limit is not None and time.perf_counter() - start >= time_limit:
+                    stop_reason = "time_limit"
+                    break
+                for group in optimizer.param_groups:
+                    group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * progress()))
+                attempted += 1
+                epoch_attempts += 1
+                bar.update(1)
+                idx = perm[i * batch_size : (i + 1) * batch_size]
+                optimizer.zero_grad(set_to_none=True)
+                loss = batch_loss(idx)
+                if not bool(torch.isfinite(loss)):
+                    skipped += 1
+                    continue
+                loss.backward()
+                grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+                if not bool(torch.isfinite(grad_norm)):
+                    optimizer.zero_grad(set_to_none=True)
+                    skipped += 1
+                    continue
+                optimizer.step()
+                n_steps += 1
+                value = float(loss.detach())
+                loss_sum += value * len(idx)
+                loss_count += len(idx)
+                running = value if math.isnan(running) else 0.95 * running + 0.05 * value
+                if verbose and n_steps % 10 == 0:
+                    postfix[loss_name] = f"{running:.4f}"
+                    bar.set_postfix(postfix, refresh=False)
+            if epoch_attempts == 0:
+                break  # the budget ran out at an epoch boundary
+            train_hist.append(loss_sum / loss_count if loss_count else math.nan)
+            if val_loss is not None:
+                v = val_loss()
+                val_hist.append(v)
+                if math.isfinite(v) and v < best_val:
+                    best_val, best_epoch, bad_epochs = v, len(val_hist) - 1, 0
+                    best_state = {k: t.detach().clone() for k, t in module.state_dict().items()}
+                else:
+                    bad_epochs += 1
+                if verbose:
+                    postfix[f"val_{loss_name}"] = f"{v:.4f}"
+                    bar.set_postfix(postfix)
+            if stop_reason != "epochs":
+                break
+            if loss_count == 0:
+                stop_reason = "non_finite"
+                break
+            if patience is not None and bad_epochs >= patience:
+                stop_reason = "early_stopping"
+                break
+        if stop_reason == "epochs" and max_steps is not None and attempted >= max_steps:
+            stop_reason = "max_steps"
+    finally:
+        bar.close()
+        module.train(was_training)
+    if best_state is not None:
+        module.load_state_dict(best_state)
+    return {
+        f"train_{loss_name}": train_hist,
+        f"val_{loss_name}": val_hist,
+        f"best_val_{loss_name}": best_val if best_state is not None else None,
+        "best_epoch": best_epoch,
+        "epochs": len(train_hist),
+        "n_steps": n_steps,
+        "skipped_steps": skipped,
+        "seconds": time.perf_counter() - start,
+        "stop_reason": stop_reason,
+    }
