@@ -6,7 +6,6 @@ import pytest
 import torch
 from torch import Tensor, nn
 
-
 # The tests run many small tensor ops, which one thread does fastest (and CI has two cores).
 torch.set_num_threads(1)
 

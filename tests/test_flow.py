@@ -10,7 +10,6 @@ from conftest import perturb
 
 from ctflow.flows import FLOW_NAMES, Flow, StandardNormal, build
 
-
 # Tight solver tolerances so that CNF densities are exact to the test tolerances; a fine fixed-step
 # RK4 (global error ~1e-6) for the many grid points of the normalisation test.
 OPTIONS = {"cnf": {"solver": {"rtol": 1e-8, "atol": 1e-8}}}

@@ -21,7 +21,7 @@ from .base import (
     set_validation,
     validation_enabled,
 )
-from .builders import FLOW_NAMES, build, coupling_masks, register
+from .builders import build, coupling_masks, flow_names, register
 from .continuous import CNF, ConcatLinear, ConcatSquashLinear, GatedLinear, VectorField
 from .coupling import (
     AdditiveCoupling,
@@ -66,6 +66,7 @@ __all__ = [
     "AffineCoupling",
     "Compose",
     "FLOW_NAMES",
+    "flow_names",
     "Flow",
     "GlowStep",
     "InvConv1x1",
@@ -106,3 +107,9 @@ __all__ = [
     "reverse_kl_estimate",
     "wavenet_receptive_field",
 ]
+
+
+def __getattr__(name: str):
+    if name == "FLOW_NAMES":  # computed on access so that registered names are included
+        return flow_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -81,12 +81,13 @@ class MaskedLinear(nn.Linear):
 class FrozenMADE(NamedTuple):
     """A :class:`MADE` with its masks applied and its context folded in (see :meth:`MADE.freeze`).
 
-    ``input_weight`` acts on the autoregressive inputs, ``first_term`` is the first layer's bias
-    plus the context's contribution (``(hidden,)``, ``(1, hidden)`` or ``(batch, hidden)``), and
-    ``layers`` lists the rest of the network: ``(weight, bias)`` pairs and activation modules.
+    ``input_weight_t`` is the transposed first-layer weight on the autoregressive inputs,
+    ``(dim, hidden)``; ``first_term`` is the first layer's bias plus the context's contribution
+    (``(hidden,)``, ``(1, hidden)`` or ``(batch, hidden)``); ``layers`` lists the rest of the
+    network: ``(weight, bias)`` pairs and activation modules.
     """
 
-    input_weight: Tensor
+    input_weight_t: Tensor
     first_term: Tensor
     layers: tuple[tuple[Tensor, Tensor] | nn.Module, ...]
 
@@ -156,29 +157,39 @@ class MADE(nn.Module):
         within one computation, not across parameter updates.
         """
         first, *rest = self.net
-        weight = first.masked_weight()
+        # Transposed and contiguous, so that the weight gradients of these narrow products are
+        # computed as wide ones (``x^T @ grad``, not ``(grad^T @ x)^T``).
+        weight_t = first.masked_weight().t()
         if self.context_dim:
             if context is None:
                 raise ValueError(f"MADE needs a context of shape (batch, {self.context_dim})")
             if context.dim() == 1:
                 context = context.unsqueeze(0)
             # The context columns sit after the ``dim`` input columns of the first layer.
-            first_term = torch.addmm(first.bias, context, weight[:, self.dim :].t())
-            weight = weight[:, : self.dim]
+            first_term = torch.addmm(first.bias, context, weight_t[self.dim :].contiguous())
         else:
             first_term = first.bias
         layers = tuple((m.masked_weight(), m.bias) if isinstance(m, MaskedLinear) else m for m in rest)
-        return FrozenMADE(weight, first_term, layers)
+        return FrozenMADE(weight_t[: self.dim].contiguous(), first_term, layers)
 
     def forward(
         self, x: Tensor, context: Tensor | None = None, *, frozen: FrozenMADE | None = None
     ) -> Tensor:
         """Outputs ``(batch, n_params * dim)``; with ``frozen`` (from :meth:`freeze`) ``context`` is
         not read again."""
-        if frozen is None:
+        own = frozen is None
+        if own:
             frozen = self.freeze(context)
+        if x.requires_grad and torch.is_grad_enabled():
+            # A column-major copy: the gradient for ``x`` then comes out of one wide product
+            # (``W @ grad^T``) instead of a product with only ``dim`` output columns.
+            x = x.t().contiguous().t()
         # ``first_term + x @ W_x^T`` equals the first layer applied to ``[x, context]``.
-        h = torch.addmm(frozen.first_term, x, frozen.input_weight.t())
+        term = frozen.first_term
+        if own and self.context_dim and term.shape[0] == x.shape[0] and term.shape[0] > 1:
+            h = term.addmm_(x, frozen.input_weight_t)  # a fresh (batch, hidden) matrix of our own
+        else:
+            h = torch.addmm(term, x, frozen.input_weight_t)
         for layer in frozen.layers:
             if isinstance(layer, tuple):
                 h = F.linear(h, *layer)
@@ -195,69 +206,75 @@ class _DegreeByDegree:
 
     A unit's value is final as soon as the inputs it depends on are, so while an autoregressive
     inverse solves for the input of degree ``k + 1`` only the units depending on degree ``k``
-    are new. Here the units of each layer are sorted by the highest input degree they depend on
-    (read off the masks), so those already known form a prefix of a buffer; :meth:`params` adds
-    the new ones and returns the outputs for the next input. Inputs are kept in degree order.
-    Used without autograd (the buffers are filled in place).
+    are new. The units of each layer are sorted by the highest input degree they depend on (read
+    off the masks), so the known ones form a prefix; :meth:`params` computes the new ones and the
+    outputs for the input of degree ``k + 1``. Activations are stored transposed,
+    ``(units, batch)``, so that each product has the batch as its wide side and each block of new
+    units is a contiguous slab. Inputs are kept in degree order. Used without autograd.
     """
 
-    def __init__(self, made: MADE, frozen: FrozenMADE, batch: int, like: Tensor):
-        dim, n_params = made.dim, made.n_params
-        self.in_order = torch.argsort(made.degrees)  # in_order[k] is the input of degree k + 1
+    def __init__(self, made: MADE, context: Tensor | None, batch: int, like: Tensor):
+        dim = made.dim
         linears = [m for m in made.net if isinstance(m, MaskedLinear)]
-        weights = [frozen.input_weight] + [layer[0] for layer in frozen.layers if isinstance(layer, tuple)]
-        self.activations = [layer for layer in frozen.layers if not isinstance(layer, tuple)]
-        biases = [frozen.first_term] + [layer[1] for layer in frozen.layers if isinstance(layer, tuple)]
+        self.activations = [m for m in made.net if not isinstance(m, MaskedLinear)]
+        weights = [m.masked_weight() for m in linears]
+        self.in_order = torch.argsort(made.degrees)  # in_order[k] is the input of degree k + 1
 
         # Highest input degree each hidden unit depends on, through the masks (0: context/bias only).
-        depends, unit_order, ends = made.degrees.to(like.dtype), [], []
+        depends, unit_orders, ends = made.degrees.to(like.dtype), [], []
         for linear in linears[:-1]:
             depends = (linear.mask[:, : depends.numel()] * depends).amax(1)
             ordered, order = torch.sort(depends, stable=True)
-            unit_order.append(order)
+            unit_orders.append(order)
             ends.append(torch.searchsorted(ordered, torch.arange(dim, dtype=ordered.dtype), right=True))
         # ends[l][k]: how many units of hidden layer l are known once the inputs of degree <= k are.
         self.ends = torch.stack(ends).tolist()
 
-        # Weights with rows (units) and columns (inputs or units) in the orders above.
-        self.weights, self.biases = [], []
-        previous = self.in_order
-        for w, b, order in zip(weights[:-1], biases[:-1], unit_order, strict=True):
-            self.weights.append(w[order][:, previous])
-            self.biases.append(b[..., order])
-            previous = order
+        # Weights with rows (units) and columns (inputs or units) in the orders above; biases as
+        # columns. The first layer's bias absorbs the context: (units, batch) or (units, 1).
+        first = weights[0][unit_orders[0]]
+        self.weights = [first[:, self.in_order]]
+        bias = linears[0].bias[unit_orders[0], None]
+        if made.context_dim:
+            if context is None:
+                raise ValueError(f"MADE needs a context of shape (batch, {made.context_dim})")
+            bias = torch.addmm(bias, first[:, dim:], context.reshape(-1, made.context_dim).t())
+        self.biases = [bias]
+        for linear, weight, order, previous in zip(
+            linears[1:-1], weights[1:-1], unit_orders[1:], unit_orders[:-1], strict=True
+        ):
+            self.weights.append(weight[order][:, previous])
+            self.biases.append(linear.bias[order, None])
         # Output rows for the input of degree k + 1: parameter p of input i sits at row p * dim + i.
-        rows = (self.in_order[:, None] + dim * torch.arange(n_params, device=like.device)).flatten()
-        self.out_weight = weights[-1][rows][:, previous].unflatten(0, (dim, n_params))
-        self.out_bias = biases[-1][rows].unflatten(0, (dim, n_params))
+        rows = (self.in_order[:, None] + dim * torch.arange(made.n_params, device=like.device)).flatten()
+        self.out_weight = weights[-1][rows][:, unit_orders[-1]].unflatten(0, (dim, made.n_params))
+        self.out_bias = linears[-1].bias[rows].unflatten(0, (dim, made.n_params)).unsqueeze(-1)
 
         self.batch = batch
-        self.inputs = like.new_empty(batch, dim)
-        self.hidden = [like.new_empty(batch, w.shape[0]) for w in self.weights]
+        self.inputs = like.new_empty(dim, batch)
+        self.hidden = [like.new_empty(w.shape[0], batch) for w in self.weights]
 
     def params(self, k: int) -> Tensor:
-        """Outputs ``(batch, n_params)`` for the input of degree ``k + 1``; inputs of degree <= k set."""
-        known = self.inputs[:, :k]
+        """Outputs ``(n_params, batch)`` for the input of degree ``k + 1``, once the inputs of
+        degree <= k are in ``inputs[:k]``."""
+        known = self.inputs[:k]
         layers = zip(self.weights, self.biases, self.activations, self.hidden, self.ends, strict=True)
-        for w, b, act, h, ends in layers:
+        for weight, bias, activation, hidden, ends in layers:
             start, end = ends[k - 1] if k else 0, ends[k]
             if end > start:
-                pre = b[..., start:end]
-                if known.shape[1]:
-                    pre = torch.addmm(pre, known, w[start:end, : known.shape[1]].t())
-                h[:, start:end] = act(pre)
-            known = h[:, :end]
-        if not known.shape[1]:
-            return self.out_bias[k].expand(self.batch, -1)
-        return torch.addmm(self.out_bias[k], known, self.out_weight[k, :, : known.shape[1]].t())
-
-    def set_input(self, k: int, value: Tensor) -> None:
-        """Record the solved input of degree ``k + 1``."""
-        self.inputs[:, k] = value
-
-    def solution(self) -> Tensor:
-        """The inputs in their original order."""
-        return self.inputs[:, torch.argsort(self.in_order)]
+                new = hidden[start:end]
+                if len(known):
+                    torch.addmm(bias[start:end], weight[start:end, : len(known)], known, out=new)
+                else:
+                    new.copy_(bias[start:end].expand_as(new))
+                if type(activation) is nn.ReLU:
+                    new.relu_()
+                else:
+                    new.copy_(activation(new))
+            known = hidden[:end]
+        if not len(known):
+            return self.out_bias[k].expand(-1, self.batch)
+        return torch.addmm(self.out_bias[k], self.out_weight[k, :, : len(known)], known)
 
 
 class MaskedAffineAutoregressive(Transform):
@@ -293,30 +310,31 @@ class MaskedAffineAutoregressive(Transform):
         return torch.addcmul(shift, x, log_s.exp()), log_s.sum(1)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        # The masks and the context projection are the same in every pass, so they are done once.
-        frozen = self.made.freeze(context)
         if not torch.is_grad_enabled():
-            return self._inverse_by_degree(z, frozen)
-        # After pass k every dimension of degree <= k is exact; ``dim`` passes finish the job.
+            return self._inverse_by_degree(z, context)
+        # After pass k every dimension of degree <= k is exact; ``dim`` passes finish the job. The
+        # masks and the context projection are the same in every pass, so they are done once.
+        frozen = self.made.freeze(context)
         x = torch.zeros_like(z)
         for _ in range(self.dim):
             shift, log_s = self._shift_logscale(x, context, frozen)
             x = (z - shift) / log_s.exp()
         return x, -log_s.sum(1)
 
-    def _inverse_by_degree(self, z: Tensor, frozen: FrozenMADE) -> tuple[Tensor, Tensor]:
+    def _inverse_by_degree(self, z: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         # The same ``dim`` sequential steps, but step k only evaluates the hidden units that depend
-        # on the input of degree k and the outputs of degree k + 1 (the rest of each full pass
-        # would recompute values already known, or values not needed yet).
-        solver = _DegreeByDegree(self.made, frozen, z.shape[0], z)
-        z = z[:, solver.in_order]
+        # on the input of degree k and the outputs for degree k + 1: the rest of a full pass would
+        # recompute values already known, or values not needed yet.
+        solver = _DegreeByDegree(self.made, context, z.shape[0], z)
+        z_t = z.t().index_select(0, solver.in_order)  # (dim, batch), in degree order
         sum_log_s = z.new_zeros(z.shape[0])
         for k in range(self.dim):
-            shift, raw = solver.params(k).unbind(1)
+            shift, raw = solver.params(k)
             log_s = soft_clamp(raw, self.scale_bound)
-            solver.set_input(k, (z[:, k] - shift) / log_s.exp())
+            torch.div(z_t[k] - shift, log_s.exp(), out=solver.inputs[k])
             sum_log_s += log_s
-        return solver.solution(), -sum_log_s
+        x = solver.inputs.index_select(0, self.made.degrees - 1).t().contiguous()
+        return x, -sum_log_s
 
 
 class InverseAffineAutoregressive(Inverse):

@@ -23,7 +23,7 @@ from .glow import ActNorm, GlowStep
 from .mixture_cdf import MixtureCDFCoupling
 from .residual import Planar, Radial, Sylvester
 
-__all__ = ["build", "FLOW_NAMES", "coupling_masks"]
+__all__ = ["build", "flow_names", "register", "coupling_masks"]
 
 
 def coupling_masks(
@@ -190,14 +190,24 @@ _BUILDERS: dict[str, Callable[..., list[Transform]]] = {
     "gaussianization": _gaussianization,
     "cnf": _cnf,
 }
-FLOW_NAMES: tuple[str, ...] = tuple(_BUILDERS)
+
+
+def flow_names() -> tuple[str, ...]:
+    """Every name :func:`build` accepts (including those added with :func:`register`)."""
+    return tuple(_BUILDERS)
+
+
+def __getattr__(name: str):
+    if name == "FLOW_NAMES":  # computed on access so that registered names are included
+        return flow_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 
 def register(name: str, builder: Callable[..., list[Transform]]) -> None:
     """Make ``build(name, ...)`` available for a builder ``(dim, context_dim, n_layers, hidden, **opts)``."""
-    global FLOW_NAMES
-    _BUILDERS[name] = builder
-    FLOW_NAMES = tuple(_BUILDERS)
+    if not isinstance(name, str) or not name:
+        raise ValueError(f"name must be a non-empty string, got {name!r}")
+    _BUILDERS[name.lower()] = builder
 
 
 def build(

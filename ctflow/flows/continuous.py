@@ -184,7 +184,9 @@ class _Dynamics(nn.Module):
         T = cnf.end_time
         create_graph = torch.is_grad_enabled()
         with torch.enable_grad():
-            if not z.requires_grad:
+            if not (create_graph and z.requires_grad):
+                # Without an outer graph (no_grad solves, the adjoint's forward pass) the state may
+                # still carry requires_grad from its inputs: start a fresh leaf to differentiate.
                 z = z.detach().requires_grad_(True)
             if cnf.trace == "bottleneck":
                 cond = field.condition(s * T, self.context, z)
