@@ -1,13 +1,48 @@
-"""Datasets: seedable 2-D toy densities (numpy only, no heavy imports)."""
+"""Data: irregular series as padded tensors, DataFrame conversion, built-in datasets, 2-D toys.
 
+This floor and the estimator are the only ones that speak pandas.
+"""
+
+from .datasets import (
+    PBCSEQ_LABS,
+    PBCSEQ_LOG_LABS,
+    PBCSEQ_STATIC,
+    OULatent,
+    data_path,
+    load_double_ou,
+    load_pbcseq,
+)
+from .irregular import (
+    IrregularBatch,
+    collate,
+    from_dataframe,
+    iterate_batches,
+    split_series,
+    to_dataframe,
+    truncate,
+)
 from .toy2d import TOY2D, checkerboard, eight_gaussians, load_toy2d, rings, true_log_density, two_moons
 
 __all__ = [
+    "PBCSEQ_LABS",
+    "PBCSEQ_LOG_LABS",
+    "PBCSEQ_STATIC",
     "TOY2D",
+    "IrregularBatch",
+    "OULatent",
     "checkerboard",
+    "collate",
+    "data_path",
     "eight_gaussians",
+    "from_dataframe",
+    "iterate_batches",
+    "load_double_ou",
+    "load_pbcseq",
     "load_toy2d",
     "rings",
+    "split_series",
+    "to_dataframe",
     "true_log_density",
+    "truncate",
     "two_moons",
 ]
