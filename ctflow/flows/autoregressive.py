@@ -7,7 +7,10 @@ with Inverse Autoregressive Flow".
 
 A MAF step computes ``z = x * exp(s(x_<i)) + t(x_<i)`` for all dimensions in one pass (density
 direction parallel); its inverse needs one pass per dimension. An IAF step is the inverse of a MAF
-step: sampling is one pass, the density of an external point takes one pass per dimension.
+step: sampling is one pass, the density of an external point takes one pass per dimension. Without
+autograd (e.g. under ``torch.no_grad()``, as in ``Flow.sample``) the sequential inverse evaluates
+each hidden unit of the MADE once in all, as soon as the inputs it depends on are known, instead
+of the whole network in every pass; the result is the same.
 """
 
 from __future__ import annotations
@@ -180,10 +183,6 @@ class MADE(nn.Module):
         own = frozen is None
         if own:
             frozen = self.freeze(context)
-        if x.requires_grad and torch.is_grad_enabled():
-            # A column-major copy: the gradient for ``x`` then comes out of one wide product
-            # (``W @ grad^T``) instead of a product with only ``dim`` output columns.
-            x = x.t().contiguous().t()
         # ``first_term + x @ W_x^T`` equals the first layer applied to ``[x, context]``.
         term = frozen.first_term
         if own and self.context_dim and term.shape[0] == x.shape[0] and term.shape[0] > 1:
@@ -226,7 +225,8 @@ class _DegreeByDegree:
             depends = (linear.mask[:, : depends.numel()] * depends).amax(1)
             ordered, order = torch.sort(depends, stable=True)
             unit_orders.append(order)
-            ends.append(torch.searchsorted(ordered, torch.arange(dim, dtype=ordered.dtype), right=True))
+            ranks = torch.arange(dim, dtype=ordered.dtype, device=ordered.device)
+            ends.append(torch.searchsorted(ordered, ranks, right=True))
         # ends[l][k]: how many units of hidden layer l are known once the inputs of degree <= k are.
         self.ends = torch.stack(ends).tolist()
 

@@ -220,8 +220,11 @@ class Flow(nn.Module):
     def _check_finite(what: str, *tensors: Tensor) -> None:
         if not _VALIDATE:
             return
-        ok = torch.stack([torch.isfinite(t).all() for t in tensors]).all()
-        if not bool(ok):
+        ok = None
+        for t in tensors:
+            flag = torch.isfinite(t).all()
+            ok = flag if ok is None else ok & flag
+        if ok is not None and not bool(ok):  # the one read-back (a device sync)
             raise ValueError(
                 f"{what} is not finite: the input has NaN/inf entries or magnitudes the flow "
                 "cannot represent in this dtype (rescale the data or use float64)"

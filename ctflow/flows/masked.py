@@ -192,6 +192,9 @@ class JointFlowEmission(MaskedEmission):
     coordinates are held at zero and contribute nothing. Papamakarios et al. (2017), "Masked
     Autoregressive Flow for Density Estimation"; masking as in Li, Akbar & Oliva (2020), "ACFlow".
     GRU-Bayes statistics: ``[y, z, per-variable log-density terms]``.
+
+    As in ACFlow, the density of each observed subset is normalised and exact, but it is a
+    density of its own (conditioned on the mask), not the marginal of the all-observed density.
     """
 
     def __init__(

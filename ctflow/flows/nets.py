@@ -30,7 +30,10 @@ def make_activation(name: str) -> nn.Module:
 
 def soft_clamp(x: Tensor, bound: float) -> Tensor:
     """Smoothly squash ``x`` into ``(-bound, bound)``; the identity near zero."""
-    return bound * torch.tanh(x / bound)
+    y = torch.tanh(x / bound)
+    if y.requires_grad:
+        return y * bound  # tanh's backward reads its output, which must stay unscaled
+    return y.mul_(bound)
 
 
 class MLP(nn.Module):

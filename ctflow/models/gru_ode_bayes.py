@@ -124,8 +124,12 @@ class GRUODEBayes(nn.Module):
 
     # ------------------------------------------------------------------ building blocks
 
+    def _reference(self) -> Tensor:
+        """A parameter: data are moved to its dtype and device."""
+        return self.ode.g.weight
+
     def initial_state(self, batch: IrregularBatch) -> FilterState:
-        ref = batch.values
+        ref = self._reference()
         b = batch.times.shape[0]
         if self.static_dim:
             if batch.static is None or batch.static.shape[-1] != self.static_dim:
@@ -134,7 +138,7 @@ class GRUODEBayes(nn.Module):
         else:
             h = self.h0.to(ref).expand(b, -1)
         if self.start_time is None:
-            t0 = batch.times[:, 0].to(ref) if batch.times.shape[1] else torch.zeros(b, dtype=ref.dtype)
+            t0 = batch.times[:, 0].to(ref) if batch.times.shape[1] else ref.new_zeros(b)
         else:
             t0 = torch.full((b,), float(self.start_time), dtype=ref.dtype, device=ref.device)
         return FilterState(h, t0)
@@ -204,7 +208,7 @@ class GRUODEBayes(nn.Module):
         return state
 
     def _check_times(self, state: FilterState, times: Tensor) -> Tensor:
-        times = torch.as_tensor(times, dtype=state.h.dtype, device=state.h.device)
+        times = torch.as_tensor(times).to(state.h)
         if times.dim() != 2 or times.shape[0] != state.h.shape[0]:
             raise ValueError(
                 f"times must have shape (n_series={state.h.shape[0]}, n_queries), got {tuple(times.shape)}"
