@@ -295,3 +295,18 @@ def test_build_options_and_seed():
     assert syl.sample(3).shape == (3, 4)
     with pytest.raises(ValueError, match="mask kind"):
         build("nice", 4, mask="diagonal")
+
+
+@pytest.mark.parametrize("name", ["glow", "realnvp", "maf"])
+def test_global_seed_makes_construction_repeatable_without_reseeding(name):
+    options = {"mask": "random", "permute": True} if name == "realnvp" else {}
+    options |= {"order": "random"} if name == "maf" else {}
+    torch.manual_seed(0)
+    a = build(name, 3, **options)
+    after_a = torch.rand(1)
+    torch.manual_seed(0)
+    b = build(name, 3, **options)
+    after_b = torch.rand(1)
+    for pa, pb in zip(a.state_dict().values(), b.state_dict().values(), strict=True):
+        assert torch.equal(pa, pb)
+    assert torch.equal(after_a, after_b)  # the global generator was not reseeded

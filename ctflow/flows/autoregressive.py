@@ -43,7 +43,7 @@ def make_order(
             return torch.arange(dim, 0, -1)
         if order == "random":
             g = torch.Generator()
-            g.manual_seed(seed if seed is not None else torch.seed())
+            g.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ()).item()))
             return torch.randperm(dim, generator=g) + 1
         raise ValueError(
             f"unknown order {order!r}; valid: 'sequential', 'reverse', 'random' or a permutation"
@@ -209,7 +209,8 @@ class _DegreeByDegree:
     off the masks), so the known ones form a prefix; :meth:`params` computes the new ones and the
     outputs for the input of degree ``k + 1``. Activations are stored transposed,
     ``(units, batch)``, so that each product has the batch as its wide side and each block of new
-    units is a contiguous slab. Inputs are kept in degree order. Used without autograd.
+    units is a contiguous slab; inputs likewise, in degree order after the context rows. Used
+    without autograd (buffers are filled in place).
     """
 
     def __init__(self, made: MADE, context: Tensor | None, batch: int, like: Tensor):
@@ -230,34 +231,38 @@ class _DegreeByDegree:
         # ends[l][k]: how many units of hidden layer l are known once the inputs of degree <= k are.
         self.ends = torch.stack(ends).tolist()
 
-        # Weights with rows (units) and columns (inputs or units) in the orders above; biases as
-        # columns. The first layer's bias absorbs the context: (units, batch) or (units, 1).
-        first = weights[0][unit_orders[0]]
-        self.weights = [first[:, self.in_order]]
-        bias = linears[0].bias[unit_orders[0], None]
-        if made.context_dim:
+        # The context is fed like inputs known from the start: ``inputs`` holds its rows first, then
+        # the solved inputs in degree order, and the first layer's columns are arranged to match.
+        n_context = made.context_dim
+        columns = torch.arange(dim, dim + n_context, device=self.in_order.device)
+        self.inputs = like.new_empty(n_context + dim, batch)
+        if n_context:
             if context is None:
-                raise ValueError(f"MADE needs a context of shape (batch, {made.context_dim})")
-            bias = torch.addmm(bias, first[:, dim:], context.reshape(-1, made.context_dim).t())
-        self.biases = [bias]
-        for linear, weight, order, previous in zip(
-            linears[1:-1], weights[1:-1], unit_orders[1:], unit_orders[:-1], strict=True
-        ):
-            self.weights.append(weight[order][:, previous])
+                raise ValueError(f"MADE needs a context of shape (batch, {n_context})")
+            self.inputs[:n_context] = context.reshape(-1, n_context).t()
+        self.solved = self.inputs[n_context:]  # row k: the input of degree k + 1, once solved
+        self.n_context = n_context
+
+        # Weights with rows (units) and columns (inputs or units) in the orders above; biases as
+        # columns, broadcast over the batch.
+        self.weights, self.biases = [], []
+        previous = torch.cat([columns, self.in_order])
+        for linear, weight, order in zip(linears[:-1], weights[:-1], unit_orders, strict=True):
+            self.weights.append(weight[order[:, None], previous])
             self.biases.append(linear.bias[order, None])
+            previous = order
         # Output rows for the input of degree k + 1: parameter p of input i sits at row p * dim + i.
         rows = (self.in_order[:, None] + dim * torch.arange(made.n_params, device=like.device)).flatten()
-        self.out_weight = weights[-1][rows][:, unit_orders[-1]].unflatten(0, (dim, made.n_params))
+        self.out_weight = weights[-1][rows[:, None], previous].unflatten(0, (dim, made.n_params))
         self.out_bias = linears[-1].bias[rows].unflatten(0, (dim, made.n_params)).unsqueeze(-1)
 
         self.batch = batch
-        self.inputs = like.new_empty(dim, batch)
         self.hidden = [like.new_empty(w.shape[0], batch) for w in self.weights]
 
     def params(self, k: int) -> Tensor:
         """Outputs ``(n_params, batch)`` for the input of degree ``k + 1``, once the inputs of
-        degree <= k are in ``inputs[:k]``."""
-        known = self.inputs[:k]
+        degree <= k are in ``solved[:k]``."""
+        known = self.inputs[: self.n_context + k]
         layers = zip(self.weights, self.biases, self.activations, self.hidden, self.ends, strict=True)
         for weight, bias, activation, hidden, ends in layers:
             start, end = ends[k - 1] if k else 0, ends[k]
@@ -331,9 +336,9 @@ class MaskedAffineAutoregressive(Transform):
         for k in range(self.dim):
             shift, raw = solver.params(k)
             log_s = soft_clamp(raw, self.scale_bound)
-            torch.div(z_t[k] - shift, log_s.exp(), out=solver.inputs[k])
+            torch.div(z_t[k] - shift, log_s.exp(), out=solver.solved[k])
             sum_log_s += log_s
-        x = solver.inputs.index_select(0, self.made.degrees - 1).t().contiguous()
+        x = solver.solved.index_select(0, self.made.degrees - 1).t().contiguous()
         return x, -sum_log_s
 
 

@@ -36,7 +36,7 @@ def coupling_masks(
         return [alternating_mask(dim, parity=i % 2) for i in range(n_layers)]
     if kind == "random":
         g = torch.Generator()
-        g.manual_seed(seed if seed is not None else torch.seed())
+        g.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ()).item()))
         return [random_mask(dim, g) for _ in range(n_layers)]
     raise ValueError(f"unknown mask kind {kind!r}; valid: 'half', 'alternating', 'random'")
 

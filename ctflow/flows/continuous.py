@@ -14,11 +14,11 @@ through :func:`ctflow.ode.integrate`.
 
 Jacobian products for the trace are taken in one of two ways. For a :class:`VectorField` whose
 activations are known (see :func:`activation_jvp`), tangents are pushed through the layers with
-the values (forward mode): the exact trace carries the ``dim`` basis vectors as one batch of
-tangents and the Hutchinson estimate carries the noise vector, so one evaluation is plain tensor
-algebra and backpropagating through the solver needs first-order autograd only. Any other field
-uses reverse-mode vector-Jacobian products (one batched product for the exact trace), which
-backpropagation then differentiates a second time.
+the values (forward mode): the exact trace carries the ``dim`` basis vectors as tangents (their
+products are the Jacobian's columns) and the Hutchinson estimate carries the noise vector, so one
+evaluation is plain tensor algebra and backpropagating through the solver needs first-order
+autograd only. Any other field uses reverse-mode vector-Jacobian products (one batched product for
+the exact trace), which backpropagation then differentiates a second time.
 """
 
 from __future__ import annotations
@@ -287,6 +287,7 @@ class _Dynamics(nn.Module):
         self.forward_mode = False
         self.basis: Tensor | None = None  # (dim, dim) identity: the tangents of the exact trace
         self.time_scale: float | None = None  # T when it is fixed; None reads the learned T
+        self.batched_vjp = True  # reverse-mode exact trace: one batched product (vs one per dim)
 
     def forward(self, s: Tensor, state: tuple[Tensor, ...]) -> tuple[Tensor, ...]:
         T = self.cnf.end_time if self.time_scale is None else self.time_scale
@@ -336,13 +337,7 @@ class _Dynamics(nn.Module):
             else:
                 f = field(t, z, self.context)
                 if cnf.trace == "exact":
-                    # All rows of the Jacobian in one batched vector-Jacobian product.
-                    d = f.shape[1]
-                    basis = torch.eye(d, dtype=f.dtype, device=f.device).unsqueeze(1).expand(d, f.shape[0], d)
-                    rows = torch.autograd.grad(
-                        f, z, basis, create_graph=create_graph, retain_graph=True, is_grads_batched=True
-                    )[0]
-                    trace = rows.diagonal(dim1=0, dim2=2).sum(-1)
+                    trace = self._exact_trace_reverse(f, z, create_graph)
                 else:
                     e = self.noise
                     vjp = torch.autograd.grad(f, z, e, create_graph=create_graph, retain_graph=True)[0]
@@ -356,6 +351,28 @@ class _Dynamics(nn.Module):
         if not create_graph:
             out = [o.detach() for o in out]
         return out
+
+    def _exact_trace_reverse(self, f: Tensor, z: Tensor, create_graph: bool) -> Tensor:
+        """``tr(df/dz)`` from all the Jacobian's rows in one batched vector-Jacobian product.
+
+        A field whose operations cannot be batched that way (e.g. an autograd function without a
+        vmap rule) gets one product per dimension instead, from then on.
+        """
+        d = f.shape[1]
+        if self.batched_vjp:
+            basis = torch.eye(d, dtype=f.dtype, device=f.device).unsqueeze(1).expand(d, f.shape[0], d)
+            try:
+                rows = torch.autograd.grad(
+                    f, z, basis, create_graph=create_graph, retain_graph=True, is_grads_batched=True
+                )[0]
+                return rows.diagonal(dim1=0, dim2=2).sum(-1)
+            except RuntimeError:
+                self.batched_vjp = False
+        trace = f.new_zeros(f.shape[0])
+        for i in range(d):
+            row = torch.autograd.grad(f[:, i].sum(), z, create_graph=create_graph, retain_graph=True)[0]
+            trace = trace + row[:, i]
+        return trace
 
 
 class CNF(Transform):

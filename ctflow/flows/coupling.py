@@ -227,5 +227,5 @@ class RandomPermutation(Permutation):
 
     def __init__(self, dim: int, seed: int | None = None):
         g = torch.Generator()
-        g.manual_seed(seed if seed is not None else torch.seed())
+        g.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ()).item()))
         super().__init__(torch.randperm(_check_dim(dim), generator=g))

@@ -98,7 +98,7 @@ class InvertibleLinear(Transform):
         super().__init__()
         self.num_features = n = num_features
         g = torch.Generator()
-        g.manual_seed(seed if seed is not None else torch.seed())
+        g.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ()).item()))
         q, _ = torch.linalg.qr(torch.randn(n, n, generator=g, dtype=torch.float64))
         p, lower, upper = torch.linalg.lu(q)
         s = torch.diagonal(upper)
