@@ -315,7 +315,13 @@ class MaskedAffineAutoregressive(Transform):
         return torch.addcmul(shift, x, log_s.exp()), log_s.sum(1)
 
     def inverse(self, z: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
-        if not torch.is_grad_enabled():
+        # The shortcut re-implements ``MADE.forward`` and ``_shift_logscale``: subclasses that
+        # override either get the plain passes.
+        if (
+            not torch.is_grad_enabled()
+            and type(self)._shift_logscale is MaskedAffineAutoregressive._shift_logscale
+            and type(self.made).forward is MADE.forward
+        ):
             return self._inverse_by_degree(z, context)
         # After pass k every dimension of degree <= k is exact; ``dim`` passes finish the job. The
         # masks and the context projection are the same in every pass, so they are done once.

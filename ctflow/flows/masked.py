@@ -73,6 +73,10 @@ class MaskedEmission(nn.Module):
         """``n`` joint samples of all variables per context row: ``(n, batch, dim)``."""
         raise NotImplementedError
 
+    def log_prob_and_statistics(self, y: Tensor, mask: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+        """``log_prob`` and ``statistics`` together (subclasses share the work between them)."""
+        return self.log_prob(y, mask, context), self.statistics(y, mask, context)
+
     def mean(self, context: Tensor, n_samples: int = 256) -> Tensor:
         """Mean of every variable ``(batch, dim)`` (Monte Carlo unless known in closed form)."""
         return self.sample(context, n_samples).mean(0)
@@ -103,9 +107,13 @@ class GaussianEmission(MaskedEmission):
         return (_normal_log_prob(resid) - 0.5 * log_var) * mask
 
     def statistics(self, y: Tensor, mask: Tensor, context: Tensor) -> Tensor:
+        return self.log_prob_and_statistics(y, mask, context)[1]
+
+    def log_prob_and_statistics(self, y: Tensor, mask: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
         mu, log_var = self.params(context)
         resid = (y - mu) * torch.exp(-0.5 * log_var)
-        return torch.stack([y, mu, log_var, resid], dim=-1) * mask.unsqueeze(-1)
+        log_prob = ((_normal_log_prob(resid) - 0.5 * log_var) * mask).sum(-1)
+        return log_prob, torch.stack([y, mu, log_var, resid], dim=-1) * mask.unsqueeze(-1)
 
     def sample(self, context: Tensor, n: int = 1) -> Tensor:
         mu, log_var = self.params(context)
@@ -164,8 +172,12 @@ class PerVariableFlowEmission(MaskedEmission):
         return (_normal_log_prob(z) + ladj) * mask
 
     def statistics(self, y: Tensor, mask: Tensor, context: Tensor) -> Tensor:
+        return self.log_prob_and_statistics(y, mask, context)[1]
+
+    def log_prob_and_statistics(self, y: Tensor, mask: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
         z, ladj = self._forward(y * mask, context)
-        return torch.stack([y, z, _normal_log_prob(z) + ladj], dim=-1) * mask.unsqueeze(-1)
+        terms = (_normal_log_prob(z) + ladj) * mask
+        return terms.sum(-1), torch.stack([y, z, terms], dim=-1) * mask.unsqueeze(-1)
 
     def sample(self, context: Tensor, n: int = 1) -> Tensor:
         log_a, b, logits, means, log_s = (p.unsqueeze(0).expand(n, *p.shape) for p in self._params(context))
@@ -231,8 +243,12 @@ class JointFlowEmission(MaskedEmission):
         return (_normal_log_prob(z) + ladj) * mask
 
     def statistics(self, y: Tensor, mask: Tensor, context: Tensor) -> Tensor:
+        return self.log_prob_and_statistics(y, mask, context)[1]
+
+    def log_prob_and_statistics(self, y: Tensor, mask: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
         z, ladj = self._forward(y, mask, context)
-        return torch.stack([y, z, _normal_log_prob(z) + ladj], dim=-1) * mask.unsqueeze(-1)
+        terms = (_normal_log_prob(z) + ladj) * mask
+        return terms.sum(-1), torch.stack([y, z, terms], dim=-1) * mask.unsqueeze(-1)
 
     def sample(self, context: Tensor, n: int = 1) -> Tensor:
         ctx = context.unsqueeze(0).expand(n, *context.shape).reshape(-1, context.shape[-1])

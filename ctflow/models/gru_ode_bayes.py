@@ -178,9 +178,10 @@ class GRUODEBayes(nn.Module):
         for k, n_steps in enumerate(plan):
             h = self._advance(h, dts[:, k], n_steps)
             y, m = values[:, k], mask[:, k]
+            log_prob, stats = self.emission.log_prob_and_statistics(y, m, h)
             if score:
-                nll_pre = nll_pre - self.emission.log_prob(y, m, h).sum()
-            h = self._jump(h, y, m)
+                nll_pre = nll_pre - log_prob.sum()
+            h = self.bayes(h, stats, m)
             if score and self.post_jump_weight:
                 nll_post = nll_post - self.emission.log_prob(y, m, h).sum()
         last = (batch.lengths.to(h.device) - 1).clamp_min(0)
