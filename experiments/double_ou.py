@@ -17,7 +17,14 @@ from pathlib import Path
 
 import torch
 
-from ctflow.data import IrregularBatch, from_dataframe, iterate_batches, load_double_ou, split_series, truncate
+from ctflow.data import (
+    IrregularBatch,
+    from_dataframe,
+    iterate_batches,
+    load_double_ou,
+    split_series,
+    truncate,
+)
 from ctflow.models import GRUODEBayes
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -84,20 +91,40 @@ def run(
         train_seconds += epoch_seconds
         model.eval()
         scores = evaluate(model, val)
-        history.append({"epoch": epoch, "train_loss": total / n, "epoch_seconds": epoch_seconds,
-                        "train_seconds": train_seconds, **scores})
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": total / n,
+                "epoch_seconds": epoch_seconds,
+                "train_seconds": train_seconds,
+                **scores,
+            }
+        )
         if verbose:
-            print(f"epoch {epoch:3d}  loss {total / n:8.4f}  val NLL {scores['nll']:8.4f}  "
-                  f"MSE {scores['mse']:.5f}  {epoch_seconds:5.2f} s  (total {train_seconds:6.1f} s)", flush=True)
+            print(
+                f"epoch {epoch:3d}  loss {total / n:8.4f}  val NLL {scores['nll']:8.4f}  "
+                f"MSE {scores['mse']:.5f}  {epoch_seconds:5.2f} s  (total {train_seconds:6.1f} s)",
+                flush=True,
+            )
         if target_nll is not None and reached_at is None and scores["nll"] <= target_nll:
             reached_at = {"epoch": epoch, "train_seconds": train_seconds}
         if time_budget is not None and train_seconds > time_budget:
             break
     return {
-        "emission": emission, "method": method, "step_size": step_size, "lr": lr, "batch_size": batch_size,
-        "hidden_size": hidden_size, "post_jump_weight": post_jump_weight, "seed": seed, "threads": threads,
-        "history": history, "best_val_nll": min(h["nll"] for h in history),
-        "final": history[-1], "reached_target": reached_at, "target_nll": target_nll,
+        "emission": emission,
+        "method": method,
+        "step_size": step_size,
+        "lr": lr,
+        "batch_size": batch_size,
+        "hidden_size": hidden_size,
+        "post_jump_weight": post_jump_weight,
+        "seed": seed,
+        "threads": threads,
+        "history": history,
+        "best_val_nll": min(h["nll"] for h in history),
+        "final": history[-1],
+        "reached_target": reached_at,
+        "target_nll": target_nll,
     }
 
 
@@ -116,9 +143,20 @@ def main() -> None:
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--tag", default=None, help="name of the result files (default: the emission)")
     args = p.parse_args()
-    result = run(args.emission, args.epochs, args.lr, 5e-4, args.batch_size, args.method, args.step_size,
-                 post_jump_weight=args.post_jump_weight, target_nll=args.target_nll,
-                 time_budget=args.time_budget, seed=args.seed, threads=args.threads)
+    result = run(
+        args.emission,
+        args.epochs,
+        args.lr,
+        5e-4,
+        args.batch_size,
+        args.method,
+        args.step_size,
+        post_jump_weight=args.post_jump_weight,
+        target_nll=args.target_nll,
+        time_budget=args.time_budget,
+        seed=args.seed,
+        threads=args.threads,
+    )
     RESULTS.mkdir(parents=True, exist_ok=True)
     tag = args.tag or f"double_ou_{args.emission}"
     (RESULTS / f"{tag}.json").write_text(json.dumps(result, indent=2))
