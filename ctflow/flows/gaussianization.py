@@ -17,8 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from .base import Compose, Transform
-from .mixture_cdf import logistic_mixture_bracket, logistic_mixture_log_cdfs
-from .numerics import solve_increasing
+from .mixture_cdf import invert_logit_mixture_cdf, logistic_mixture_log_cdfs
 
 __all__ = ["MarginalGaussianization", "HouseholderRotation", "GaussianizationBlock", "ndtri_from_log"]
 
@@ -117,17 +116,7 @@ class MarginalGaussianization(Transform):
         logits = logits.expand(*means.shape)
         # Solve logit F(x) = logit Phi(z), both sides computed in log space.
         target = torch.special.log_ndtr(z) - torch.special.log_ndtr(-z)
-        lo, hi = logistic_mixture_bracket(target, means, log_s)
-
-        def logit_cdf(v: Tensor) -> Tensor:
-            lc, ls, _ = logistic_mixture_log_cdfs(v, logits, means, log_s)
-            return lc - ls
-
-        def dlogit_cdf(v: Tensor) -> Tensor:
-            lc, ls, lp = logistic_mixture_log_cdfs(v, logits, means, log_s)
-            return (lp - lc - ls).exp()
-
-        x = solve_increasing(logit_cdf, dlogit_cdf, target, lo, hi, tol=self.inverse_tol)
+        x = invert_logit_mixture_cdf(target, logits, means, log_s, tol=self.inverse_tol)
         _, ladj = self._map(x, logits, means, log_s)
         return x, -ladj
 

@@ -28,9 +28,8 @@ import torch
 from torch import Tensor, nn
 
 from .autoregressive import MADE
-from .mixture_cdf import logistic_mixture_bracket, logistic_mixture_log_cdfs
+from .mixture_cdf import invert_logit_mixture_cdf, logistic_mixture_log_cdfs
 from .nets import MLP, soft_clamp
-from .numerics import solve_increasing
 
 __all__ = [
     "MaskedEmission",
@@ -183,17 +182,7 @@ class PerVariableFlowEmission(MaskedEmission):
         log_a, b, logits, means, log_s = (p.unsqueeze(0).expand(n, *p.shape) for p in self._params(context))
         z = torch.randn(log_a.shape, dtype=log_a.dtype, device=log_a.device)
         target = (z - b) * (-log_a).exp()
-        lo, hi = logistic_mixture_bracket(target, means, log_s)
-
-        def logit_cdf(v: Tensor) -> Tensor:
-            lc, ls, _ = logistic_mixture_log_cdfs(v, logits, means, log_s)
-            return lc - ls
-
-        def dlogit_cdf(v: Tensor) -> Tensor:
-            lc, ls, lp = logistic_mixture_log_cdfs(v, logits, means, log_s)
-            return (lp - lc - ls).exp()
-
-        return solve_increasing(logit_cdf, dlogit_cdf, target, lo, hi)
+        return invert_logit_mixture_cdf(target, logits, means, log_s)
 
 
 class JointFlowEmission(MaskedEmission):
