@@ -46,10 +46,11 @@ class SolverOptions:
       first tensor keeps ``atol``. ``None`` (default) uses ``atol``. A larger value holds the
       log-determinant to a looser absolute error than the state; ``math.inf`` leaves the auxiliary
       tensors out of error control altogether, so that the step size is set by the state alone.
+      It applies to forward-in-time solves; an adjoint solve uses ``adjoint_atol`` throughout.
     * ``adjoint_seminorm``: with ``adjoint=True``, leave the parameter-gradient integrals out of the
       adjoint solve's error control (Kidger, Chen & Lyons 2021, "'Hey, that's not an ODE': Faster
-      ODE Adjoints via Seminorms"); this usually cuts the backward NFE, the gradients being held
-      to the tolerance through the state's adjoint only.
+      ODE Adjoints via Seminorms"); this cuts the backward NFE when those integrals are what limits
+      the adjoint's steps, the gradients being held to the tolerance through the state's adjoint.
 
     The norm's value only chooses step sizes: it is computed without gradient tracking, so the
     step-size selection is never differentiated through.

@@ -397,7 +397,9 @@ class CNF(Transform):
             estimator always uses reverse mode. With the Jacobian regulariser, forward mode
             estimates ``|df/dz|_F^2`` by ``|(df/dz) e|^2`` and reverse mode by ``|e^T (df/dz)|^2``.
         end_time: integration time ``T``; ``learn_end_time`` makes it a parameter (kept positive).
-        solver: :class:`~ctflow.ode.SolverOptions` or a dict of its fields.
+        solver: :class:`~ctflow.ode.SolverOptions` or a dict of its fields. The state is
+            ``(z, log-det[, regularisers])``; ``SolverOptions.aux_atol`` sets the log-determinant's
+            own absolute tolerance (it rarely needs the state's).
         kinetic, jacobian: weights of the kinetic-energy and Jacobian-Frobenius regularisers
             (Finlay et al. 2020); when non-zero and training, :meth:`regularization` returns the
             weighted, batch-averaged integrals of the last forward solve.
