@@ -18,10 +18,10 @@ from ctflow.data import (
     to_dataframe,
     truncate,
 )
-from ctflow.dynamics import GRUODECell, integrate_intervals
+from ctflow.dynamics import GRUODECell
 from ctflow.flows.masked import EMISSIONS, GaussianEmission, make_emission
 from ctflow.models import GRUODEBayes
-from ctflow.ode import SolverOptions
+from ctflow.ode import SolverOptions, integrate_intervals
 
 # ---------------------------------------------------------------- emissions over observed subsets
 

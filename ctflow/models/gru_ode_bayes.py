@@ -5,7 +5,7 @@ sporadically-observed time series".
 
 Batching without a loop over timestamps: step ``k`` of the loop advances every series from its
 ``(k-1)``-th to its ``k``-th observation at once (per-series time rescaling, see
-:mod:`ctflow.dynamics.intervals`), scores the observation under the predicted density (pre-jump),
+:func:`ctflow.ode.integrate_intervals`), scores the observation under the predicted density (pre-jump),
 applies the GRU-Bayes jump to the observed rows and scores it again (post-jump). The Python loop
 runs over observation *indices* (about 20 for the double-OU data), not over the distinct
 timestamps of the batch (about 200), and no value is read back from the device inside it.
@@ -20,9 +20,8 @@ from torch import Tensor, nn
 
 from ..data.irregular import IrregularBatch
 from ..dynamics.gru_ode import GRUBayes, GRUODECell
-from ..dynamics.intervals import FIXED_STEP_STAGES, integrate_intervals, steps_for
 from ..flows.masked import GaussianEmission, MaskedEmission, make_emission
-from ..ode import NFECounter, SolverOptions
+from ..ode import FIXED_STEP_STAGES, NFECounter, SolverOptions, integrate_intervals, steps_for
 
 __all__ = ["GRUODEBayes", "FilterState", "PredictiveDistribution"]
 
