@@ -2,7 +2,8 @@
 
 Everything in ctflow that integrates an ODE (continuous normalizing flows, continuous-time hidden
 states) goes through :func:`integrate`, so solver options mean the same everywhere and function
-evaluations are counted the same way.
+evaluations are counted the same way. :func:`integrate_intervals` advances many series over their
+own intervals at once (per-series time rescaling), with fused fixed-step loops or an adaptive solve.
 
 Chen, Rubanova, Bettencourt & Duvenaud (2018), "Neural Ordinary Differential Equations";
 solvers from ``torchdiffeq``.

@@ -4,6 +4,10 @@
 with Adam, a cosine learning-rate schedule, gradient clipping, early stopping on a validation set
 and a wall-clock budget. The loop itself (:func:`_train_loop`) only needs a module and a function
 giving the loss of a minibatch, so other models with a loss can reuse it.
+
+Penalties that layers compute during a forward pass (e.g. the kinetic-energy and Jacobian
+regularisers of a :class:`ctflow.flows.CNF`) enter the training loss through
+:func:`collect_regularization`.
 """
 
 from __future__ import annotations
@@ -23,8 +27,9 @@ from torch import Tensor, nn
 from tqdm import tqdm
 
 from .flows.base import set_validation, validation_enabled
+from .ode import NFECounter
 
-__all__ = ["fit_density", "evaluate_nll"]
+__all__ = ["fit_density", "evaluate_nll", "collect_regularization"]
 
 ArrayLike = Tensor | np.ndarray
 
@@ -140,6 +145,38 @@ def _finiteness_checks_off() -> Iterator[None]:
         set_validation(previous)
 
 
+def collect_regularization(module: nn.Module) -> Tensor | None:
+    """Sum of the penalties that ``module`` and its submodules hold from their last forward pass.
+
+    Calls ``regularization()`` once on every module in ``module.modules()`` (the module itself
+    included) that has such a method; each returns a scalar tensor or ``None`` when it has nothing
+    to add. A :class:`ctflow.flows.CNF` returns the weighted kinetic and Jacobian integrals of its
+    last training-mode forward solve and forgets them, so call this once after each loss
+    evaluation. Returns ``None`` when no module contributed.
+    """
+    total: Tensor | None = None
+    for m in module.modules():
+        method = getattr(m, "regularization", None)
+        if not callable(method):
+            continue
+        reg = method()
+        if reg is None:
+            continue
+        if not isinstance(reg, Tensor) or reg.numel() != 1:
+            raise TypeError(
+                f"{type(m).__name__}.regularization() must return a scalar tensor or None, "
+                f"got {type(reg).__name__}{tuple(reg.shape) if isinstance(reg, Tensor) else ''}"
+            )
+        reg = reg.reshape(())
+        total = reg if total is None else total + reg
+    return total
+
+
+def _nfe_counts(counters: list[NFECounter]) -> tuple[int, int]:
+    """Total forward and backward function evaluations counted so far by ``counters``."""
+    return sum(c.nfe_forward for c in counters), sum(c.nfe_backward for c in counters)
+
+
 def _batch_nll(flow: nn.Module, x: Tensor, context: Tensor | None) -> Tensor:
     lp = flow.log_prob(x) if context is None else flow.log_prob(x, context)
     return -lp.mean()
@@ -211,6 +248,13 @@ def fit_density(
     no clipping). A batch whose loss or gradient is not finite never updates the weights: the
     step is skipped and counted; an epoch in which every step is skipped ends training.
 
+    Regularisation: the loss of a batch is its mean NLL plus :func:`collect_regularization` of
+    ``flow``, i.e. the sum of ``regularization()`` over every submodule that has that method and
+    returned a tensor for this batch's forward pass. So a :class:`ctflow.flows.CNF` built with
+    ``kinetic=`` / ``jacobian=`` weights is trained with its kinetic-energy and Jacobian-Frobenius
+    penalties (Finlay et al. 2020); without such modules the loss is the NLL alone. Validation and
+    ``best_val_nll`` use the NLL only (penalties are computed in training mode only).
+
     With ``val``, the validation NLL is computed after every epoch and the best weights are
     restored at the end; with ``patience`` as well, training stops after ``patience`` epochs
     without improvement. ``time_limit`` (seconds) stops training once the budget is spent,
@@ -228,12 +272,18 @@ def fit_density(
         verbose: show a tqdm progress bar with the running loss and the validation NLL.
 
     Returns:
-        A history dict: ``train_nll`` (per epoch, mean minibatch loss over the updates of that
-        epoch), ``val_nll`` (per epoch, empty without ``val``), ``best_val_nll`` and
-        ``best_epoch`` (index into ``val_nll``; ``None`` without ``val``), ``epochs`` (epochs
-        started), ``n_steps`` (weight updates made), ``skipped_steps``, ``seconds`` and
-        ``stop_reason`` (``"epochs"``, ``"max_steps"``, ``"time_limit"``, ``"early_stopping"``
-        or ``"non_finite"``).
+        A history dict: ``train_nll`` (per epoch, mean minibatch NLL over the updates of that
+        epoch, penalties excluded), ``train_regularization`` (per epoch, mean penalty over the
+        updates; empty when no module returned one), ``val_nll`` (per epoch, empty without
+        ``val``), ``best_val_nll`` and ``best_epoch`` (index into ``val_nll``; ``None`` without
+        ``val``), ``epochs`` (epochs started), ``n_steps`` (weight updates made),
+        ``skipped_steps``, ``seconds``, ``stop_reason`` (``"epochs"``, ``"max_steps"``,
+        ``"time_limit"``, ``"early_stopping"`` or ``"non_finite"``), and for flows with ODE
+        solves (any :class:`ctflow.ode.NFECounter` submodule, e.g. in a CNF)
+        ``nfe_forward_per_step`` (mean function evaluations of the forward solves per training
+        step, all counters summed) and ``nfe_backward_per_step`` (mean per step that ran
+        backpropagation); both are ``None`` for flows without counters. The counters are read
+        before and after each step, not reset, and validation solves are not included.
     """
     _check_flow(flow)
     epochs = _positive_int(epochs, "epochs")
@@ -258,8 +308,9 @@ def fit_density(
     xv = _data(flow, val, "val") if val is not None else None
     ctx_v = _context(flow, val_context, xv.shape[0], "val_context", "val") if xv is not None else None
 
-    def batch_loss(idx: Tensor) -> Tensor:
-        return _batch_nll(flow, x[idx], ctx.rows(idx))
+    def batch_loss(idx: Tensor) -> tuple[Tensor, Tensor | None]:
+        nll = _batch_nll(flow, x[idx], ctx.rows(idx))
+        return nll, collect_regularization(flow)
 
     val_loss = None
     if xv is not None:
@@ -297,7 +348,7 @@ def _train_loop(
     module: nn.Module,
     *,
     n_train: int,
-    batch_loss: Callable[[Tensor], Tensor],
+    batch_loss: Callable[[Tensor], Tensor | tuple[Tensor, Tensor | None]],
     val_loss: Callable[[], float] | None,
     epochs: int,
     max_steps: int | None,
@@ -314,8 +365,10 @@ def _train_loop(
 ) -> dict[str, Any]:
     """Minimise ``batch_loss(indices)`` over shuffled minibatches of ``range(n_train)``.
 
-    Arguments are as in :func:`fit_density` (already validated). ``val_loss()`` returns the
-    validation loss of the current weights (lower is better); history keys use ``loss_name``.
+    Arguments are as in :func:`fit_density` (already validated). ``batch_loss`` returns the loss
+    of a minibatch, or a pair ``(loss, penalty)`` (penalty ``None`` or a scalar tensor) of which
+    the sum is minimised while the loss and the penalty are logged apart. ``val_loss()`` returns
+    the validation loss of the current weights (lower is better); history keys use ``loss_name``.
     """
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
@@ -332,8 +385,11 @@ def _train_loop(
     else:
         generator.manual_seed(int(seed))
     clip = grad_clip if grad_clip is not None else math.inf
+    counters = [m for m in module.modules() if isinstance(m, NFECounter)]
+    nfe_forward = nfe_backward = backward_steps = 0
 
     train_hist: list[float] = []
+    reg_hist: list[float] = []
     val_hist: list[float] = []
     best_val, best_epoch, best_state, bad_epochs = math.inf, None, None, 0
     n_steps = skipped = attempted = 0
@@ -355,6 +411,7 @@ def _train_loop(
         for _epoch in range(epochs):
             perm = torch.randperm(n_train, generator=generator).to(device)
             loss_sum, loss_count, epoch_attempts = 0.0, 0, 0
+            reg_sum, reg_count = 0.0, 0
             for i in range(steps_per_epoch):
                 if attempted >= total_steps:
                     stop_reason = "max_steps"
@@ -369,11 +426,18 @@ def _train_loop(
                 bar.update(1)
                 idx = perm[i * batch_size : (i + 1) * batch_size]
                 optimizer.zero_grad(set_to_none=True)
-                loss = batch_loss(idx)
-                if not bool(torch.isfinite(loss)):
+                fwd0, bwd0 = _nfe_counts(counters)
+                out = batch_loss(idx)
+                loss, penalty = out if isinstance(out, tuple) else (out, None)
+                objective = loss if penalty is None else loss + penalty
+                fwd1, _ = _nfe_counts(counters)
+                nfe_forward += fwd1 - fwd0
+                if not bool(torch.isfinite(objective)):
                     skipped += 1
                     continue
-                loss.backward()
+                objective.backward()
+                backward_steps += 1
+                nfe_backward += _nfe_counts(counters)[1] - bwd0
                 grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
                 if not bool(torch.isfinite(grad_norm)):
                     optimizer.zero_grad(set_to_none=True)
@@ -384,6 +448,9 @@ def _train_loop(
                 value = float(loss.detach())
                 loss_sum += value * len(idx)
                 loss_count += len(idx)
+                if penalty is not None:
+                    reg_sum += float(penalty.detach()) * len(idx)
+                    reg_count += len(idx)
                 running = value if math.isnan(running) else 0.95 * running + 0.05 * value
                 if verbose and n_steps % 10 == 0:
                     postfix[loss_name] = f"{running:.4f}"
@@ -391,6 +458,8 @@ def _train_loop(
             if epoch_attempts == 0:
                 break  # the budget ran out at an epoch boundary
             train_hist.append(loss_sum / loss_count if loss_count else math.nan)
+            if reg_count:
+                reg_hist.append(reg_sum / reg_count)
             if val_loss is not None:
                 v = val_loss()
                 val_hist.append(v)
@@ -419,6 +488,7 @@ def _train_loop(
         module.load_state_dict(best_state)
     return {
         f"train_{loss_name}": train_hist,
+        "train_regularization": reg_hist,
         f"val_{loss_name}": val_hist,
         f"best_val_{loss_name}": best_val if best_state is not None else None,
         "best_epoch": best_epoch,
@@ -427,4 +497,6 @@ def _train_loop(
         "skipped_steps": skipped,
         "seconds": time.perf_counter() - start,
         "stop_reason": stop_reason,
+        "nfe_forward_per_step": nfe_forward / attempted if counters and attempted else None,
+        "nfe_backward_per_step": nfe_backward / backward_steps if counters and backward_steps else None,
     }
