@@ -4,5 +4,7 @@ models and normalizing flows."""
 __version__ = "0.1.0"
 
 from . import flows
+from .estimator import Forecaster
+from .forecast import Forecast
 
-__all__ = ["flows", "__version__"]
+__all__ = ["Forecast", "Forecaster", "__version__", "flows"]

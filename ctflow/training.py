@@ -1,9 +1,12 @@
-"""Training loops (first version): maximum-likelihood fitting of flows.
+"""Training loops: maximum-likelihood fitting of flows and of sequence models.
 
-:func:`fit_density` minimises the mean negative log-likelihood of a :class:`ctflow.flows.Flow`
-with Adam, a cosine learning-rate schedule, gradient clipping, early stopping on a validation set
-and a wall-clock budget. The loop itself (:func:`_train_loop`) only needs a module and a function
-giving the loss of a minibatch, so other models with a loss can reuse it.
+:func:`fit_density` minimises the mean negative log-likelihood of a :class:`ctflow.flows.Flow`;
+:func:`fit_model` minimises ``model.loss(batch)`` of a sequence model over minibatches of series
+of an :class:`~ctflow.data.IrregularBatch`, with early stopping on the NLL per observed value of
+held-out series. Both use one loop (:func:`_train_loop`): Adam, a cosine learning-rate schedule,
+gradient clipping, early stopping that restores the best weights, a wall-clock budget, a tqdm
+bar, and steps with a non-finite loss or gradient skipped. The loop only needs a module and a
+function giving the loss of a minibatch, so any model with a loss can reuse it.
 
 Penalties that layers compute during a forward pass (e.g. the kinetic-energy and Jacobian
 regularisers of a :class:`ctflow.flows.CNF`) enter the training loss through
@@ -26,10 +29,11 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from .data.irregular import IrregularBatch
 from .flows.base import set_validation, validation_enabled
 from .ode import NFECounter
 
-__all__ = ["fit_density", "evaluate_nll", "collect_regularization"]
+__all__ = ["collect_regularization", "evaluate_nll", "evaluate_sequence_nll", "fit_density", "fit_model"]
 
 ArrayLike = Tensor | np.ndarray
 
@@ -337,6 +341,122 @@ def fit_density(
             desc="fit_density",
             loss_name="nll",
         )
+
+
+def _check_model(model: Any) -> None:
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    for method in ("loss", "nll_terms"):
+        if not callable(getattr(model, method, None)):
+            raise TypeError(f"model must have a {method}(batch) method ({type(model).__name__} has none)")
+
+
+def _check_batch(batch: Any, name: str) -> IrregularBatch:
+    if not isinstance(batch, IrregularBatch):
+        raise TypeError(f"{name} must be an IrregularBatch, got {type(batch).__name__}")
+    if len(batch) == 0:
+        raise ValueError(f"{name} has no series")
+    return batch
+
+
+def evaluate_sequence_nll(model: nn.Module, data: IrregularBatch, batch_size: int = 256) -> float:
+    """NLL per observed value (nats) of ``model.nll_terms`` over all series of ``data``.
+
+    The model runs in eval mode without gradients (its mode is restored afterwards); ``data`` is
+    moved to the model's device chunk by chunk.
+    """
+    _check_model(model)
+    _check_batch(data, "data")
+    batch_size = _positive_int(batch_size, "batch_size")
+    dtype, device = _dtype_device(model)
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0.0
+    try:
+        with torch.no_grad():
+            for start in range(0, len(data), batch_size):
+                chunk = data.select(slice(start, start + batch_size), trim=True).to(device, dtype)
+                nll, n = model.nll_terms(chunk)
+                total += float(nll.double())
+                count += float(n)
+    finally:
+        model.train(was_training)
+    return total / count if count else math.nan
+
+
+def fit_model(
+    model: nn.Module,
+    train: IrregularBatch,
+    val: IrregularBatch | None = None,
+    *,
+    epochs: int = 100,
+    max_steps: int | None = None,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    grad_clip: float | None = 5.0,
+    patience: int | None = None,
+    time_limit: float | None = None,
+    seed: int | None = None,
+    verbose: bool = False,
+    desc: str = "fit",
+) -> dict[str, Any]:
+    """Fit a sequence model (anything with ``loss(batch)`` and ``nll_terms(batch)``) to series.
+
+    Each step draws ``batch_size`` whole series of ``train`` (shuffled each epoch), trims them to
+    their longest series, moves them to the model's device and minimises ``model.loss(batch)``
+    plus :func:`collect_regularization`. After each epoch the NLL per observed value of ``val``
+    (:func:`evaluate_sequence_nll`) is recorded; training stops after ``patience`` epochs without
+    improvement and the best weights are restored. Other arguments and the returned history are
+    as in :func:`fit_density` (history keys ``train_loss``, ``val_loss``, ``best_val_loss``).
+    """
+    _check_model(model)
+    train = _check_batch(train, "train")
+    if val is not None:
+        val = _check_batch(val, "val")
+        if val.n_variables != train.n_variables:
+            raise ValueError(f"val has {val.n_variables} variables, train has {train.n_variables}")
+    epochs = _positive_int(epochs, "epochs")
+    max_steps = _positive_int(max_steps, "max_steps", allow_none=True)
+    batch_size = _positive_int(batch_size, "batch_size")
+    lr = _real(lr, "lr", positive=True)
+    weight_decay = _real(weight_decay, "weight_decay", positive=False)
+    grad_clip = _real(grad_clip, "grad_clip", positive=True, allow_none=True)
+    patience = _positive_int(patience, "patience", allow_none=True)
+    time_limit = _real(time_limit, "time_limit", positive=True, allow_none=True)
+    if patience is not None and val is None:
+        raise ValueError("patience needs a validation set: pass val")
+    dtype, device = _dtype_device(model)
+    data = train.to(device, dtype)
+
+    def batch_loss(idx: Tensor) -> tuple[Tensor, Tensor | None]:
+        batch = data.select(idx, trim=True)
+        return model.loss(batch), collect_regularization(model)
+
+    val_loss = None
+    if val is not None:
+
+        def val_loss() -> float:
+            return evaluate_sequence_nll(model, val, batch_size=max(batch_size, 256))
+
+    return _train_loop(
+        model,
+        n_train=len(data),
+        batch_loss=batch_loss,
+        val_loss=val_loss,
+        epochs=epochs,
+        max_steps=max_steps,
+        batch_size=batch_size,
+        lr=lr,
+        weight_decay=weight_decay,
+        grad_clip=grad_clip,
+        patience=patience,
+        time_limit=time_limit,
+        seed=seed,
+        verbose=bool(verbose),
+        desc=desc,
+        loss_name="loss",
+    )
 
 
 # ---------------------------------------------------------------------------------------------

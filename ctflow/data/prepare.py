@@ -1,0 +1,286 @@
+"""From a user's long DataFrame to model-ready tensors, and query points to forecast at.
+
+The estimator's pandas work lives here: checking a frame's columns, encoding its times
+(:class:`~ctflow.data.timecodec.TimeCodec`), shifting each series to start at time 0 (so that
+large absolute times, e.g. seconds since 1970, keep their precision in float32), scaling the
+time axis and each variable, and turning forecast queries (a frame of (id, time) pairs or a list
+of horizon offsets) into a padded grid of per-series query times.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from .irregular import IrregularBatch, from_dataframe
+from .timecodec import TimeCodec
+
+__all__ = ["PreparedSeries", "QueryGrid", "Scaling", "check_frame", "prepare_series", "query_grid"]
+
+
+def _show(value: Any) -> str:
+    return repr(value.item() if isinstance(value, np.generic) else value)
+
+
+def check_frame(
+    df: Any, id_col: str, time_col: str, value_cols: Sequence[str] | None, name: str = "df"
+) -> list[str]:
+    """Check the frame's type, emptiness and columns; return the value columns.
+
+    ``value_cols=None`` takes every column except id and time.
+    """
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"{name} must be a pandas DataFrame, got {type(df).__name__}")
+    if len(df) == 0:
+        raise ValueError(f"{name} is empty (no rows)")
+    if df.columns.duplicated().any():
+        dup = sorted({str(c) for c in df.columns[df.columns.duplicated()]})
+        raise ValueError(f"{name} has duplicated column names: {dup}")
+    for role, col in (("id", id_col), ("time", time_col)):
+        if col not in df.columns:
+            raise ValueError(f"{name} has no {role} column {col!r}; columns are {list(map(str, df.columns))}")
+    if id_col == time_col:
+        raise ValueError(f"id_col and time_col must differ, both are {id_col!r}")
+    if value_cols is None:
+        values = [c for c in df.columns if c not in (id_col, time_col)]
+    else:
+        if isinstance(value_cols, str):
+            value_cols = [value_cols]
+        values = list(value_cols)
+        missing = [c for c in values if c not in df.columns]
+        if missing:
+            raise ValueError(f"{name} lacks the value column(s) {missing}")
+        clash = [c for c in values if c in (id_col, time_col)]
+        if clash:
+            raise ValueError(f"value column(s) {clash} are also the id or time column")
+        if len(set(values)) != len(values):
+            raise ValueError(f"value_cols repeats a column: {values}")
+    if not values:
+        raise ValueError(f"{name} has no value column besides {id_col!r} and {time_col!r}")
+    for col in values:
+        dtype = df[col].dtype
+        if pd.api.types.is_bool_dtype(dtype) or not pd.api.types.is_numeric_dtype(dtype):
+            raise TypeError(f"value column {col!r} must be numeric, got dtype {dtype}")
+        if pd.api.types.is_complex_dtype(dtype):
+            raise TypeError(f"value column {col!r} must be real, got dtype {dtype}")
+    return values
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """Affine maps of the time axis and of each variable: model units = (x - mean) / scale."""
+
+    time_scale: float
+    mean: np.ndarray
+    scale: np.ndarray
+
+    @classmethod
+    def fit(cls, batch: IrregularBatch) -> Scaling:
+        """Mean and standard deviation of each variable's observed values (1 where constant), and
+        the median gap between a series' consecutive observations (1 when there is none)."""
+        values = batch.values.double().numpy()
+        mask = batch.mask.double().numpy()
+        count = mask.sum((0, 1))
+        mean = (values * mask).sum((0, 1)) / np.maximum(count, 1)
+        var = (((values - mean) ** 2) * mask).sum((0, 1)) / np.maximum(count, 1)
+        scale = np.sqrt(var)
+        scale = np.where((scale > 1e-12 * np.maximum(1.0, np.abs(mean))) & np.isfinite(scale), scale, 1.0)
+        times = batch.times.double().numpy()
+        gaps = np.diff(times, axis=1)
+        valid = np.arange(1, times.shape[1])[None, :] < batch.lengths.numpy()[:, None]
+        gaps = gaps[valid & (gaps > 0)] if gaps.size else gaps.reshape(-1)
+        time_scale = float(np.median(gaps)) if gaps.size else 1.0
+        return cls(time_scale=time_scale, mean=mean, scale=scale)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"time_scale": self.time_scale, "mean": self.mean.tolist(), "scale": self.scale.tolist()}
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> Scaling:
+        mean = np.asarray(config["mean"], dtype=np.float64)
+        scale = np.asarray(config["scale"], dtype=np.float64)
+        time_scale = float(config["time_scale"])
+        if mean.shape != scale.shape or mean.ndim != 1 or not (scale > 0).all() or not time_scale > 0:
+            raise ValueError("invalid scaling in the saved configuration")
+        return cls(time_scale=time_scale, mean=mean, scale=scale)
+
+    def values_to_model(self, values: np.ndarray) -> np.ndarray:
+        return (values - self.mean) / self.scale
+
+    def values_from_model(self, values: np.ndarray) -> np.ndarray:
+        return values * self.scale + self.mean
+
+
+@dataclass
+class PreparedSeries:
+    """Checked series: ``raw`` holds encoded (unscaled) float64 times and original values, with
+    each series' first (``origin``) and last observation time, and ``history`` the observations
+    as a frame in original units. :meth:`model_batch` gives the batch in model units."""
+
+    raw: IrregularBatch
+    origin: np.ndarray
+    last_time: np.ndarray
+    history: pd.DataFrame
+
+    @property
+    def ids(self) -> np.ndarray:
+        return self.raw.ids
+
+    def __len__(self) -> int:
+        return len(self.raw)
+
+    def model_batch(self, scaling: Scaling, dtype: torch.dtype = torch.float32) -> IrregularBatch:
+        """Times from 0 per series divided by ``time_scale``; values standardised (0 where unobserved)."""
+        raw = self.raw
+        times = (raw.times.numpy() - self.origin[:, None]) / scaling.time_scale
+        values = scaling.values_to_model(raw.values.numpy()) * raw.mask.numpy()
+        return IrregularBatch(
+            times=torch.from_numpy(times).to(dtype),
+            values=torch.from_numpy(values).to(dtype),
+            mask=raw.mask.to(dtype),
+            lengths=raw.lengths,
+            ids=raw.ids,
+            variables=raw.variables,
+            id_col=raw.id_col,
+            time_col=raw.time_col,
+            id_dtype=raw.id_dtype,
+            validate=False,
+        )
+
+    def model_times(self, times: np.ndarray, scaling: Scaling, rows: np.ndarray | None = None) -> np.ndarray:
+        """Encoded times ``(B, Q)`` of series ``rows`` (default all) on the model's time axis."""
+        origin = self.origin if rows is None else self.origin[rows]
+        return (times - origin[:, None]) / scaling.time_scale
+
+
+def prepare_series(
+    df: pd.DataFrame,
+    id_col: str,
+    time_col: str,
+    value_cols: list[str],
+    codec: TimeCodec,
+    name: str = "df",
+) -> PreparedSeries:
+    """Encode the times of a checked frame and convert it (errors name the offending row/series)."""
+    times = codec.encode(df[time_col], time_col)
+    frame = pd.DataFrame({id_col: df[id_col], time_col: times}, index=df.index)
+    for col in value_cols:
+        frame[col] = df[col].to_numpy(dtype=np.float64, na_value=np.nan)
+    if frame[id_col].isna().any():
+        row = frame.index[np.flatnonzero(frame[id_col].isna().to_numpy())[0]]
+        raise ValueError(f"{name}: id column {id_col!r} has a missing value at row {_show(row)}")
+    observed = frame[value_cols].notna().any(axis=1)
+    has_obs = observed.groupby(frame[id_col], sort=False).any()
+    if not has_obs.all():
+        empty = has_obs.index[~has_obs.to_numpy()].tolist()
+        raise ValueError(
+            f"{name}: series {empty[:5]}{' ...' if len(empty) > 5 else ''} have no observed value "
+            f"in {value_cols}"
+        )
+    raw = from_dataframe(frame, id_col, time_col, value_cols, dtype=torch.float64)
+    lengths = raw.lengths.numpy()
+    t = raw.times.numpy()
+    origin = t[:, 0].copy()
+    last_time = t[np.arange(len(raw)), lengths - 1].copy()
+    history = _history_frame(raw, id_col, time_col, value_cols, codec)
+    return PreparedSeries(raw, origin, last_time, history)
+
+
+def _history_frame(
+    raw: IrregularBatch, id_col: str, time_col: str, value_cols: list[str], codec: TimeCodec
+) -> pd.DataFrame:
+    pad = raw.pad_mask.numpy()
+    out = pd.DataFrame({id_col: np.repeat(raw.ids, raw.lengths.numpy())})
+    out[time_col] = codec.decode(raw.times.numpy()[pad]).to_numpy()
+    values = np.where(raw.mask.numpy()[pad] > 0, raw.values.numpy()[pad], np.nan)
+    for d, col in enumerate(value_cols):
+        out[col] = values[:, d]
+    return out
+
+
+@dataclass
+class QueryGrid:
+    """Forecast queries as a padded grid: ``times (B, Q)`` encoded (unscaled) query times per
+    context series, non-decreasing along a row (padding repeats the row's last query); output row
+    ``k`` is grid cell ``(series[k], slot[k])``."""
+
+    times: np.ndarray
+    series: np.ndarray
+    slot: np.ndarray
+
+    @property
+    def n_queries(self) -> int:
+        return len(self.series)
+
+
+def query_grid(
+    context: PreparedSeries,
+    codec: TimeCodec,
+    id_col: str,
+    time_col: str,
+    times: pd.DataFrame | None = None,
+    horizon: Sequence[Any] | None = None,
+) -> QueryGrid:
+    """Query times from a frame of (id, time) rows (output in its row order) or from ``horizon``
+    offsets after each series' last observation (output series by series, offsets ascending)."""
+    if (times is None) == (horizon is None):
+        raise ValueError("pass exactly one of times (a DataFrame of id, time) or horizon (offsets)")
+    n_series = len(context)
+    if horizon is not None:
+        offsets = np.unique(codec.offsets(horizon))
+        grid = context.last_time[:, None] + offsets[None, :]
+        series = np.repeat(np.arange(n_series), len(offsets))
+        slot = np.tile(np.arange(len(offsets)), n_series)
+        return QueryGrid(grid, series, slot)
+    if not isinstance(times, pd.DataFrame):
+        raise TypeError(f"times must be a DataFrame with columns {id_col!r} and {time_col!r}")
+    for col in (id_col, time_col):
+        if col not in times.columns:
+            raise ValueError(f"times has no column {col!r}; columns are {list(map(str, times.columns))}")
+    if len(times) == 0:
+        raise ValueError("times is empty (no query rows)")
+    encoded = codec.encode(times[time_col], time_col)
+    bad = ~np.isfinite(encoded)
+    if bad.any():
+        row = times.index[np.flatnonzero(bad)[0]]
+        raise ValueError(f"times: column {time_col!r} has a missing or infinite value at row {_show(row)}")
+    position = pd.Series(np.arange(n_series), index=pd.Index(context.ids))
+    if not position.index.is_unique:
+        raise ValueError("context series ids are not unique")
+    series = position.reindex(times[id_col].to_numpy()).to_numpy()
+    unknown = np.isnan(series)
+    if unknown.any():
+        missing = pd.unique(times[id_col].to_numpy()[unknown]).tolist()
+        raise ValueError(
+            f"times asks for series {missing[:5]}{' ...' if len(missing) > 5 else ''} that have no "
+            "observation in the context frame"
+        )
+    series = series.astype(np.int64)
+    last = context.last_time[series]
+    early = encoded <= last
+    if early.any():
+        k = np.flatnonzero(early)[0]
+        raise ValueError(
+            f"query time {_show(times[time_col].iloc[k])} of series {_show(times[id_col].iloc[k])} "
+            f"(row {_show(times.index[k])}) is not after its last observation; forecasts must lie "
+            "strictly after each series' last observed time"
+        )
+    order = np.lexsort((encoded, series))
+    counts = np.bincount(series, minlength=n_series)
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    slot_sorted = np.arange(len(order)) - starts[series[order]]
+    width = int(counts.max())
+    grid = np.repeat(context.last_time[:, None], width, axis=1)
+    grid[series[order], slot_sorted] = encoded[order]
+    # Padding repeats each row's last query so the row stays non-decreasing.
+    filled = np.arange(width)[None, :] < counts[:, None]
+    last_query = np.where(counts > 0, grid[np.arange(n_series), np.maximum(counts - 1, 0)], grid[:, 0])
+    grid = np.where(filled, grid, last_query[:, None])
+    slot = np.empty(len(order), dtype=np.int64)
+    slot[order] = slot_sorted
+    return QueryGrid(grid, series, slot)

@@ -1,0 +1,197 @@
+"""Times of a DataFrame column as float64 numbers, and back.
+
+Numeric times pass through unchanged. Datetime times (``datetime64``, optionally time-zone
+aware) become the number of ``unit`` since an ``origin`` (the earliest training time); timedelta
+times become the number of ``unit``. The unit is given or inferred from the typical gap between a
+series' consecutive observations, and is stored with the origin so that forecasts come back as
+datetimes of the same zone.
+"""
+
+from __future__ import annotations
+
+import numbers
+from collections.abc import Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["TIME_UNITS", "TimeCodec"]
+
+# Units a datetime or timedelta column can be counted in, largest first.
+TIME_UNITS: dict[str, pd.Timedelta] = {
+    "W": pd.Timedelta(weeks=1),
+    "D": pd.Timedelta(days=1),
+    "h": pd.Timedelta(hours=1),
+    "min": pd.Timedelta(minutes=1),
+    "s": pd.Timedelta(seconds=1),
+    "ms": pd.Timedelta(milliseconds=1),
+    "us": pd.Timedelta(microseconds=1),
+    "ns": pd.Timedelta(nanoseconds=1),
+}
+_ALIASES = {
+    "weeks": "W",
+    "w": "W",
+    "days": "D",
+    "day": "D",
+    "d": "D",
+    "hours": "h",
+    "hour": "h",
+    "H": "h",
+    "minutes": "min",
+    "minute": "min",
+    "T": "min",
+    "seconds": "s",
+    "second": "s",
+    "S": "s",
+    "milliseconds": "ms",
+    "microseconds": "us",
+    "nanoseconds": "ns",
+}
+
+
+def _kind(series: pd.Series) -> str:
+    dtype = series.dtype
+    if isinstance(dtype, pd.DatetimeTZDtype) or pd.api.types.is_datetime64_dtype(dtype):
+        return "datetime"
+    if pd.api.types.is_timedelta64_dtype(dtype):
+        return "timedelta"
+    if pd.api.types.is_bool_dtype(dtype) or not pd.api.types.is_numeric_dtype(dtype):
+        return "other"
+    return "numeric"
+
+
+def _canonical_unit(unit: str) -> str:
+    unit = _ALIASES.get(unit, unit)
+    if unit not in TIME_UNITS:
+        raise ValueError(f"unknown time_unit {unit!r}; valid: {', '.join(TIME_UNITS)}")
+    return unit
+
+
+@dataclass(frozen=True)
+class TimeCodec:
+    """How one time column maps to float64 numbers: ``kind`` is numeric, datetime or timedelta."""
+
+    kind: str = "numeric"
+    unit: str | None = None
+    origin: str | None = None  # ISO timestamp (datetime kind), naive in UTC when tz is set
+    tz: str | None = None
+
+    @classmethod
+    def fit(
+        cls, times: pd.Series, series_ids: pd.Series, unit: str | None = None, column: str = "ds"
+    ) -> TimeCodec:
+        """The codec of a training time column (``series_ids`` gives the series of each row)."""
+        kind = _kind(times)
+        if kind == "other":
+            raise TypeError(
+                f"time column {column!r} must be numeric, datetime or timedelta, got dtype {times.dtype}"
+            )
+        if kind == "numeric":
+            if unit is not None:
+                raise ValueError(f"time_unit={unit!r} was given but time column {column!r} is numeric")
+            return cls()
+        _check_no_missing(times, column)
+        tz = None
+        values = times
+        if kind == "datetime" and isinstance(times.dtype, pd.DatetimeTZDtype):
+            tz = str(times.dtype.tz)
+            values = times.dt.tz_convert("UTC").dt.tz_localize(None)
+        if unit is None:
+            unit = _infer_unit(values, series_ids)
+        unit = _canonical_unit(unit)
+        origin = values.min().isoformat() if kind == "datetime" else None
+        return cls(kind=kind, unit=unit, origin=origin, tz=tz)
+
+    # ------------------------------------------------------------------ conversions
+    def encode(self, times: pd.Series, column: str = "ds") -> np.ndarray:
+        """float64 numbers of a time column of the kind this codec was fitted on."""
+        kind = _kind(times)
+        if kind != self.kind:
+            raise TypeError(
+                f"time column {column!r} has dtype {times.dtype} but the model was fitted on "
+                f"{self.kind} times"
+            )
+        if kind == "numeric":
+            return times.to_numpy(dtype=np.float64, na_value=np.nan)
+        _check_no_missing(times, column)
+        step = TIME_UNITS[self.unit]
+        if kind == "timedelta":
+            return (times / step).to_numpy(dtype=np.float64)
+        aware = isinstance(times.dtype, pd.DatetimeTZDtype)
+        if aware != (self.tz is not None):
+            expected = f"time-zone aware ({self.tz})" if self.tz else "time-zone naive"
+            raise TypeError(f"time column {column!r} must be {expected} datetimes, like the training data")
+        if aware:
+            times = times.dt.tz_convert("UTC").dt.tz_localize(None)
+        return ((times - pd.Timestamp(self.origin)) / step).to_numpy(dtype=np.float64)
+
+    def decode(self, numbers_: np.ndarray) -> pd.Series:
+        """The time column of the numbers ``encode`` would map to them."""
+        numbers_ = np.asarray(numbers_, dtype=np.float64)
+        if self.kind == "numeric":
+            return pd.Series(numbers_)
+        step = TIME_UNITS[self.unit]
+        deltas = pd.to_timedelta(numbers_ * step.value, unit="ns").round("us")
+        if self.kind == "timedelta":
+            return pd.Series(deltas)
+        out = pd.Series(pd.Timestamp(self.origin) + deltas)
+        if self.tz is not None:
+            out = out.dt.tz_localize("UTC").dt.tz_convert(self.tz)
+        return out
+
+    def offsets(self, horizon: Sequence[Any]) -> np.ndarray:
+        """Horizon offsets (numbers in the time unit, or timedeltas) as positive float64 numbers."""
+        if isinstance(horizon, (str, bytes)) or not isinstance(horizon, Sequence | np.ndarray | pd.Index):
+            raise TypeError(f"horizon must be a list of positive offsets, got {type(horizon).__name__}")
+        if len(horizon) == 0:
+            raise ValueError("horizon must hold at least one offset")
+        out = []
+        for h in horizon:
+            if isinstance(h, pd.Timedelta | np.timedelta64):
+                if self.kind == "numeric":
+                    raise TypeError("timedelta horizon offsets need datetime or timedelta times")
+                value = pd.Timedelta(h) / TIME_UNITS[self.unit]
+            elif isinstance(h, numbers.Real) and not isinstance(h, bool):
+                value = float(h)
+            else:
+                raise TypeError(f"horizon offsets must be numbers or timedeltas, got {h!r}")
+            if not np.isfinite(value) or value <= 0:
+                raise ValueError(f"horizon offsets must be positive and finite, got {h!r}")
+            out.append(value)
+        return np.asarray(out, dtype=np.float64)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"kind": self.kind, "unit": self.unit, "origin": self.origin, "tz": self.tz}
+
+    @classmethod
+    def from_dict(cls, config: dict[str, Any]) -> TimeCodec:
+        kind = config.get("kind")
+        if kind not in ("numeric", "datetime", "timedelta"):
+            raise ValueError(f"invalid time codec kind {kind!r}")
+        unit = config.get("unit")
+        if kind != "numeric":
+            unit = _canonical_unit(str(unit))
+        return cls(kind=kind, unit=unit, origin=config.get("origin"), tz=config.get("tz"))
+
+
+def _check_no_missing(times: pd.Series, column: str) -> None:
+    missing = times.isna().to_numpy()
+    if missing.any():
+        row = times.index[np.flatnonzero(missing)[0]]
+        raise ValueError(f"time column {column!r} has a missing value (NaT) at row {row!r}")
+
+
+def _infer_unit(times: pd.Series, series_ids: pd.Series) -> str:
+    """The largest unit from days down in which the median gap between observations is >= 1."""
+    frame = pd.DataFrame({"id": series_ids.to_numpy(), "t": times.to_numpy()}).sort_values(["id", "t"])
+    gaps = frame.groupby("id", sort=False)["t"].diff().dropna()
+    gaps = gaps[gaps > pd.Timedelta(0)]
+    if gaps.empty:
+        return "D"
+    median = gaps.median()
+    for unit, step in TIME_UNITS.items():
+        if unit != "W" and median >= step:
+            return unit
+    return "ns"

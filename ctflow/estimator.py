@@ -1,0 +1,516 @@
+"""``Forecaster``: probabilistic forecasting of irregular multivariate series, scikit-learn style."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import numbers
+import os
+import shutil
+import tempfile
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from sklearn.base import BaseEstimator
+from sklearn.utils.validation import check_is_fitted
+
+from . import __version__
+from .data.irregular import split_series
+from .data.prepare import PreparedSeries, QueryGrid, Scaling, check_frame, prepare_series, query_grid
+from .data.timecodec import TimeCodec
+from .forecast import Forecast, check_coverage, check_quantiles
+from .models.registry import build_model
+from .training import evaluate_sequence_nll, fit_model
+
+__all__ = ["Forecaster"]
+
+FORMAT = "ctflow.Forecaster"
+FORMAT_VERSION = 1
+CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
+
+
+def _resolve_device(device: Any) -> torch.device:
+    if device is None or device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or a torch.device, got {device!r}") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for but CUDA is not available")
+    return resolved
+
+
+@contextlib.contextmanager
+def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
+    """Run with torch's RNG seeded (restored afterwards); no-op for ``seed=None``."""
+    if seed is None:
+        yield
+        return
+    devices = [device.index or 0] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(int(seed))
+        yield
+
+
+def _check_positive_int(value: Any, name: str) -> int:
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
+        raise ValueError(f"{name} must be a positive int, got {value!r}")
+    return int(value)
+
+
+class Forecaster(BaseEstimator):
+    """Probabilistic forecaster for irregularly sampled multivariate time series.
+
+    Fits a continuous-time sequence model (default: GRU-ODE-Bayes, De Brouwer, Simm, Arany &
+    Moreau 2019, "GRU-ODE-Bayes: Continuous modeling of sporadically-observed time series") to a
+    long DataFrame: one row per (series, time), one column per variable, NaN where a variable was
+    not measured. Forecasts condition on any context frame of the same format and give means,
+    quantiles, central intervals, marginal samples or joint sample paths at arbitrary future
+    times, in the original units.
+
+    Args:
+        model: sequence model name (see :mod:`ctflow.models.registry`).
+        emission: emission density ``p(y | h)``: ``"gaussian"``, ``"mixlogistic"`` (a
+            mixture-of-logistics CDF flow per variable) or ``"maf"`` (a joint masked autoregressive
+            flow over the observed variables).
+        hidden_size, p_hidden, prep_hidden: widths of the hidden state, the emission network and
+            the per-variable GRU-Bayes preprocessing.
+        solver, step_size: ODE solver between observations; ``step_size`` is in units of the
+            median gap between a series' consecutive training observations.
+        post_jump_weight: weight of the post-jump likelihood in the training loss.
+        model_options: further keyword arguments of the model's constructor.
+        max_epochs, batch_size (series per step), lr, weight_decay, grad_clip: optimisation.
+        val_fraction: fraction of the training series held out for early stopping (0: none).
+        patience: epochs without improvement of the held-out NLL before stopping.
+        time_limit: wall-clock budget of ``fit`` in seconds (None: no limit).
+        n_samples: default number of samples behind quantiles, intervals and forecasts.
+        random_state: seed of initialisation, splitting, batching and sampling (CPU runs repeat).
+        device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``.
+        verbose: show a progress bar with the running loss while fitting.
+    """
+
+    def __init__(
+        self,
+        model: str = "gru_ode_bayes",
+        emission: str = "gaussian",
+        hidden_size: int = 32,
+        p_hidden: int = 32,
+        prep_hidden: int = 16,
+        solver: str = "euler",
+        step_size: float = 0.25,
+        post_jump_weight: float = 0.1,
+        model_options: dict | None = None,
+        max_epochs: int = 100,
+        batch_size: int = 32,
+        lr: float = 3e-3,
+        weight_decay: float = 1e-4,
+        grad_clip: float | None = 5.0,
+        val_fraction: float = 0.2,
+        patience: int | None = 15,
+        time_limit: float | None = None,
+        n_samples: int = 500,
+        random_state: int | None = None,
+        device: str = "auto",
+        verbose: bool = False,
+    ):
+        self.model = model
+        self.emission = emission
+        self.hidden_size = hidden_size
+        self.p_hidden = p_hidden
+        self.prep_hidden = prep_hidden
+        self.solver = solver
+        self.step_size = step_size
+        self.post_jump_weight = post_jump_weight
+        self.model_options = model_options
+        self.max_epochs = max_epochs
+        self.batch_size = batch_size
+        self.lr = lr
+        self.weight_decay = weight_decay
+        self.grad_clip = grad_clip
+        self.val_fraction = val_fraction
+        self.patience = patience
+        self.time_limit = time_limit
+        self.n_samples = n_samples
+        self.random_state = random_state
+        self.device = device
+        self.verbose = verbose
+
+    # ------------------------------------------------------------------ configuration
+    def _model_kwargs(self) -> dict[str, Any]:
+        if not isinstance(self.model, str):
+            raise TypeError(f"model must be a model name, got {type(self.model).__name__}")
+        if self.model_options is not None and not isinstance(self.model_options, dict):
+            raise TypeError(f"model_options must be a dict or None, got {type(self.model_options).__name__}")
+        if self.model == "gru_ode_bayes":
+            step = float(self.step_size)
+            if not math.isfinite(step) or step <= 0:
+                raise ValueError(f"step_size must be a positive number, got {self.step_size!r}")
+            kwargs: dict[str, Any] = {
+                "hidden_size": _check_positive_int(self.hidden_size, "hidden_size"),
+                "p_hidden": _check_positive_int(self.p_hidden, "p_hidden"),
+                "prep_hidden": _check_positive_int(self.prep_hidden, "prep_hidden"),
+                "emission": self.emission,
+                "solver": {"method": self.solver, "step_size": step},
+                "post_jump_weight": float(self.post_jump_weight),
+            }
+        else:
+            kwargs = {"hidden_size": _check_positive_int(self.hidden_size, "hidden_size")}
+            kwargs["emission"] = self.emission
+        kwargs.update(self.model_options or {})
+        return kwargs
+
+    def _check_fit_params(self) -> None:
+        if not isinstance(self.val_fraction, numbers.Real) or not 0 <= float(self.val_fraction) < 1:
+            raise ValueError(f"val_fraction must lie in [0, 1), got {self.val_fraction!r}")
+        _check_positive_int(self.max_epochs, "max_epochs")
+        _check_positive_int(self.batch_size, "batch_size")
+        _check_positive_int(self.n_samples, "n_samples")
+        if self.patience is not None:
+            _check_positive_int(self.patience, "patience")
+
+    # ------------------------------------------------------------------ fitting
+    def fit(
+        self,
+        df: pd.DataFrame,
+        id_col: str = "unique_id",
+        time_col: str = "ds",
+        value_cols: Sequence[str] | None = None,
+        time_unit: str | None = None,
+    ) -> Forecaster:
+        """Fit on a long frame: ``id_col``, ``time_col`` (numbers, datetimes or timedeltas) and
+        the value columns (default: every other column; NaN where not measured).
+
+        Datetime times are counted in ``time_unit`` (``"D"``, ``"h"``, ``"min"``, ``"s"``, ...;
+        default inferred from the median gap between observations) from the earliest time.
+        Each variable is standardised with the training statistics (undone in every output).
+        A fraction ``val_fraction`` of the series is held out for early stopping.
+        """
+        self._check_fit_params()
+        values = check_frame(df, id_col, time_col, value_cols)
+        codec = TimeCodec.fit(df[time_col], df[id_col], time_unit, time_col)
+        series = prepare_series(df, id_col, time_col, values, codec)
+        scaling = Scaling.fit(series.raw)
+        device = _resolve_device(self.device)
+        kwargs = self._model_kwargs()
+        batch = series.model_batch(scaling)
+        seed = self.random_state
+        with _seeded(seed, device):
+            model = build_model(self.model, len(values), **kwargs).to(device)
+            train, val = batch, None
+            if self.val_fraction > 0 and len(batch) >= 4:
+                train, val = split_series(batch, float(self.val_fraction), seed=seed)
+            history = fit_model(
+                model,
+                train,
+                val,
+                epochs=int(self.max_epochs),
+                batch_size=int(self.batch_size),
+                lr=self.lr,
+                weight_decay=self.weight_decay,
+                grad_clip=self.grad_clip,
+                patience=self.patience if val is not None else None,
+                time_limit=self.time_limit,
+                seed=seed,
+                verbose=self.verbose,
+                desc=f"fit {self.model}",
+            )
+        model.eval()
+        self.model_ = model
+        self.model_kwargs_ = kwargs
+        self.codec_ = codec
+        self.scaling_ = scaling
+        self.id_col_, self.time_col_, self.value_cols_ = id_col, time_col, values
+        self.n_variables_ = len(values)
+        self.device_ = device
+        self.history_ = history
+        self.n_series_ = len(batch)
+        return self
+
+    def __sklearn_is_fitted__(self) -> bool:
+        return hasattr(self, "model_")
+
+    # ------------------------------------------------------------------ shared prediction machinery
+    def _context(self, df: pd.DataFrame, name: str = "df") -> PreparedSeries:
+        check_is_fitted(self)
+        check_frame(df, self.id_col_, self.time_col_, self.value_cols_, name=name)
+        return prepare_series(df, self.id_col_, self.time_col_, self.value_cols_, self.codec_, name=name)
+
+    def _queries(self, context: PreparedSeries, times: pd.DataFrame | None, horizon: Any) -> QueryGrid:
+        return query_grid(context, self.codec_, self.id_col_, self.time_col_, times=times, horizon=horizon)
+
+    def _query_frame(self, context: PreparedSeries, grid: QueryGrid) -> pd.DataFrame:
+        ids = pd.Series(context.ids[grid.series])
+        if context.raw.id_dtype is not None:
+            with contextlib.suppress(TypeError, ValueError):
+                ids = ids.astype(context.raw.id_dtype)
+        times = self.codec_.decode(grid.times[grid.series, grid.slot])
+        return pd.DataFrame({self.id_col_: ids.to_numpy(), self.time_col_: times.to_numpy()})
+
+    def _simulate(
+        self, context: PreparedSeries, grid: QueryGrid, n_samples: int, paths: bool, want_mean: bool
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """Samples ``(n, Q, D)`` and means ``(Q, D)`` in original units, series chunk by chunk."""
+        model, scaling = self.model_, self.scaling_
+        device = next(model.parameters()).device
+        queried = np.unique(grid.series)
+        out = np.empty((n_samples, grid.n_queries, self.n_variables_))
+        means = np.empty((grid.n_queries, self.n_variables_)) if want_mean else None
+        position = np.full(len(context), -1)
+        position[queried] = np.arange(len(queried))
+        chunk = max(1, min(4096, 2_000_000 // max(1, n_samples * grid.times.shape[1] * self.n_variables_)))
+        batch = context.model_batch(scaling)
+        with torch.no_grad():
+            for start in range(0, len(queried), chunk):
+                rows = queried[start : start + chunk]
+                part = batch.select(rows, trim=True).to(device)
+                state = model.filter(part)
+                qt = torch.as_tensor(
+                    context.model_times(grid.times[rows], scaling, rows), dtype=torch.float32
+                )
+                qt = qt.to(device)
+                if paths:
+                    draws = model.sample_paths(state, qt, n_samples)
+                else:
+                    draws = model.predict(state, qt).sample(n_samples)
+                sel = np.flatnonzero(np.isin(grid.series, rows))
+                local = position[grid.series[sel]] - start
+                d = draws[:, local, grid.slot[sel]].double().cpu().numpy()
+                out[:, sel] = scaling.values_from_model(d)
+                if means is not None:
+                    m = model.predict(state, qt).mean()[local, grid.slot[sel]].double().cpu().numpy()
+                    means[sel] = scaling.values_from_model(m)
+        if not np.isfinite(out).all() or (means is not None and not np.isfinite(means).all()):
+            raise FloatingPointError("the model produced non-finite forecasts (diverged weights?)")
+        return out, means
+
+    def _n(self, n_samples: int | None) -> int:
+        return _check_positive_int(self.n_samples if n_samples is None else n_samples, "n_samples")
+
+    def _seed(self, seed: int | None) -> int | None:
+        return self.random_state if seed is None else seed
+
+    # ------------------------------------------------------------------ public predictions
+    def forecast(
+        self,
+        df: pd.DataFrame,
+        times: pd.DataFrame | None = None,
+        horizon: Sequence[Any] | None = None,
+        n_samples: int | None = None,
+        paths: bool = False,
+        seed: int | None = None,
+    ) -> Forecast:
+        """Forecast at ``times`` (a frame of id, time query rows) or at ``horizon`` offsets after
+        each series' last observation in ``df`` (the context). ``paths=True`` draws joint sample
+        paths over each series' queries (sample, update as if observed, continue); otherwise
+        independent draws from each query's predictive marginal."""
+        context = self._context(df)
+        grid = self._queries(context, times, horizon)
+        n = self._n(n_samples)
+        with _seeded(self._seed(seed), self.device_):
+            samples, means = self._simulate(context, grid, n, bool(paths), want_mean=True)
+        return Forecast(
+            self._query_frame(context, grid),
+            self.value_cols_,
+            samples,
+            means,
+            history=context.history,
+            id_col=self.id_col_,
+            time_col=self.time_col_,
+            paths=bool(paths),
+        )
+
+    def predict(
+        self, df: pd.DataFrame, times: pd.DataFrame | None = None, horizon: Sequence[Any] | None = None
+    ) -> pd.DataFrame:
+        """Point forecasts (predictive means): id, time and one column per variable, one row per query."""
+        context = self._context(df)
+        grid = self._queries(context, times, horizon)
+        with _seeded(self._seed(None), self.device_):
+            _, means = self._simulate(context, grid, 1, False, want_mean=True)
+        out = self._query_frame(context, grid)
+        for d, col in enumerate(self.value_cols_):
+            out[col] = means[:, d]
+        return out
+
+    def predict_quantiles(
+        self,
+        df: pd.DataFrame,
+        times: pd.DataFrame | None = None,
+        horizon: Sequence[Any] | None = None,
+        quantiles: Sequence[float] = (0.1, 0.5, 0.9),
+        n_samples: int | None = None,
+    ) -> pd.DataFrame:
+        """Marginal quantiles: id, time and ``{variable}_q{100 q}`` columns."""
+        levels = check_quantiles(quantiles)
+        return self.forecast(df, times, horizon, n_samples).quantile(levels)
+
+    def predict_interval(
+        self,
+        df: pd.DataFrame,
+        times: pd.DataFrame | None = None,
+        horizon: Sequence[Any] | None = None,
+        coverage: Sequence[float] = (0.8, 0.95),
+        n_samples: int | None = None,
+    ) -> pd.DataFrame:
+        """Central intervals: id, time, ``{variable}_lower_{pct}`` and ``{variable}_upper_{pct}``."""
+        levels = check_coverage(coverage)
+        return self.forecast(df, times, horizon, n_samples).interval(levels)
+
+    def sample(
+        self,
+        df: pd.DataFrame,
+        times: pd.DataFrame | None = None,
+        horizon: Sequence[Any] | None = None,
+        n_samples: int | None = None,
+        paths: bool = True,
+        seed: int | None = None,
+    ) -> np.ndarray:
+        """Samples ``(n_samples, n_queries, n_variables)`` in original units; joint sample paths
+        over each series' queries by default (``paths=False``: independent marginal draws)."""
+        return self.forecast(df, times, horizon, n_samples, paths=paths, seed=seed).samples
+
+    def score(self, df: pd.DataFrame, y: Any = None) -> float:
+        """Mean log-likelihood per observed value of one-step-ahead predictions, in the original
+        units of the data (higher is better): each observation is scored by the model's predictive
+        density given everything observed before it in its series."""
+        context = self._context(df)
+        batch = context.model_batch(self.scaling_)
+        nll = evaluate_sequence_nll(self.model_, batch)
+        counts = batch.mask.double().sum((0, 1)).numpy()
+        log_jacobian = float((counts * np.log(self.scaling_.scale)).sum() / counts.sum())
+        return -nll - log_jacobian
+
+    # ------------------------------------------------------------------ persistence
+    def _config(self) -> dict[str, Any]:
+        params = self.get_params()
+        params["device"] = "auto" if not isinstance(params["device"], str) else params["device"]
+        try:
+            json.dumps(params)
+        except TypeError as err:
+            raise TypeError(f"every parameter must be JSON-serialisable to save the model: {err}") from err
+        return {
+            "format": FORMAT,
+            "format_version": FORMAT_VERSION,
+            "ctflow_version": __version__,
+            "params": params,
+            "fitted": {
+                "model_kwargs": self.model_kwargs_,
+                "id_col": self.id_col_,
+                "time_col": self.time_col_,
+                "value_cols": list(self.value_cols_),
+                "time_codec": self.codec_.to_dict(),
+                "scaling": self.scaling_.to_dict(),
+                "n_series": self.n_series_,
+            },
+        }
+
+    def save(self, path: str | os.PathLike) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into the directory ``path``.
+
+        The files are written to a temporary directory that then replaces ``path`` (an existing
+        saved model or empty directory), so an interrupted save never leaves half a model.
+        """
+        from safetensors.torch import save_file
+
+        check_is_fitted(self)
+        config = self._config()
+        target = Path(path)
+        if target.exists():
+            if not target.is_dir():
+                raise ValueError(f"{target} exists and is not a directory")
+            extra = {p.name for p in target.iterdir()} - {CONFIG_FILE, WEIGHTS_FILE}
+            if extra:
+                raise ValueError(
+                    f"{target} holds other files ({sorted(extra)[:3]}); refusing to overwrite it"
+                )
+        target.parent.mkdir(parents=True, exist_ok=True)
+        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+        try:
+            state = {k: v.detach().cpu().contiguous() for k, v in self.model_.state_dict().items()}
+            save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
+            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+            if target.exists():
+                backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+                backup.rmdir()
+                target.rename(backup)
+                tmp.rename(target)
+                shutil.rmtree(backup, ignore_errors=True)
+            else:
+                tmp.rename(target)
+        finally:
+            if tmp.exists():
+                shutil.rmtree(tmp, ignore_errors=True)
+        return target
+
+    @classmethod
+    def load(cls, path: str | os.PathLike, device: str | None = None) -> Forecaster:
+        """Load a model written by :meth:`save` (no code is executed from the files)."""
+        from safetensors import SafetensorError
+        from safetensors.torch import load_file
+
+        source = Path(path)
+        if not source.is_dir():
+            raise ValueError(f"{source} is not a saved model directory")
+        for name in (CONFIG_FILE, WEIGHTS_FILE):
+            if not (source / name).is_file():
+                raise ValueError(f"{source} is missing {name}; it is not a complete saved model")
+        try:
+            config = json.loads((source / CONFIG_FILE).read_text())
+        except (json.JSONDecodeError, UnicodeDecodeError) as err:
+            raise ValueError(f"{source / CONFIG_FILE} is truncated or not valid JSON: {err}") from err
+        if not isinstance(config, dict) or config.get("format") != FORMAT:
+            raise ValueError(f"{source / CONFIG_FILE} is not a ctflow Forecaster configuration")
+        if config.get("format_version") != FORMAT_VERSION:
+            raise ValueError(
+                f"{source} was saved in format version {config.get('format_version')!r} (ctflow "
+                f"{config.get('ctflow_version')}); this ctflow ({__version__}) reads version {FORMAT_VERSION}"
+            )
+        saved_major = str(config.get("ctflow_version", "")).split(".")[:2]
+        if saved_major != __version__.split(".")[:2]:
+            raise ValueError(
+                f"{source} was saved by ctflow {config.get('ctflow_version')!r}, incompatible with "
+                f"ctflow {__version__}"
+            )
+        try:
+            params, fitted = dict(config["params"]), config["fitted"]
+            if device is not None:
+                params["device"] = device
+            est = cls(**params)
+            codec = TimeCodec.from_dict(fitted["time_codec"])
+            scaling = Scaling.from_dict(fitted["scaling"])
+            values = [str(v) for v in fitted["value_cols"]]
+            if len(values) != len(scaling.mean):
+                raise ValueError("value_cols and scaling disagree in length")
+            kwargs = dict(fitted["model_kwargs"])
+            resolved = _resolve_device(est.device)
+            model = build_model(est.model, len(values), **kwargs)
+        except (KeyError, TypeError) as err:
+            raise ValueError(f"{source / CONFIG_FILE} is incomplete or invalid: {err!r}") from err
+        try:
+            state = load_file(str(source / WEIGHTS_FILE))
+        except (SafetensorError, OSError, ValueError) as err:
+            raise ValueError(f"{source / WEIGHTS_FILE} is truncated or corrupt: {err}") from err
+        expected = model.state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+        if missing or unexpected or wrong:
+            raise ValueError(
+                f"{source / WEIGHTS_FILE} does not match the configuration: missing {missing[:3]}, "
+                f"unexpected {unexpected[:3]}, wrong shapes {wrong[:3]}"
+            )
+        model.load_state_dict(state)
+        model.to(resolved).eval()
+        est.model_, est.model_kwargs_ = model, kwargs
+        est.codec_, est.scaling_ = codec, scaling
+        est.id_col_, est.time_col_, est.value_cols_ = fitted["id_col"], fitted["time_col"], values
+        est.n_variables_, est.device_ = len(values), resolved
+        est.n_series_ = int(fitted.get("n_series", 0))
+        est.history_ = None
+        return est
