@@ -1,0 +1,288 @@
+"""Training an image flow: minibatch bits/dim, held-out evaluation, samples and exact resumption.
+
+:func:`train` runs the loop described by a :class:`TrainConfig` and writes into ``config.out``:
+
+* ``log.json``: one record per epoch (step, train and held-out bits/dim, wall time, skipped steps);
+* ``samples.png``: a grid of samples at ``config.temperature`` after every epoch;
+* ``checkpoint.pt``: model, optimizer, scheduler, RNG states, epoch, step and position in the
+  epoch, written atomically. With ``resume=True`` training continues from it exactly: the batch
+  order of an epoch is a fixed function of ``(seed, epoch)`` and evaluation and sampling run on
+  forked RNG streams, so an interrupted and resumed run takes the same steps as an uninterrupted one.
+
+A step whose loss or gradient norm is not finite is skipped: the weights are not updated.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import Tensor
+from tqdm import tqdm
+
+from ctflow.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+
+from . import MODELS, ImageFlow, bits_per_dim, build_image_flow
+from .data import ImageData, load_image_data
+
+__all__ = ["TrainConfig", "evaluate_bpd", "resolve_device", "save_sample_grid", "train"]
+
+CHECKPOINT = "checkpoint.pt"
+LOG = "log.json"
+SAMPLES = "samples.png"
+
+
+@dataclass
+class TrainConfig:
+    """Options of :func:`train` (the command line mirrors them)."""
+
+    model: str = "realnvp"
+    data: str = "digits"
+    out: str = "runs/image"
+    epochs: int = 10
+    batch_size: int = 64
+    lr: float = 1e-3
+    seed: int = 0
+    resume: bool = False
+    device: str = "auto"
+    bf16: bool = False
+    time_limit: float | None = None
+    levels: int | None = None
+    steps: int | None = None
+    hidden: int | None = None
+    warmup: int = 100
+    grad_clip: float = 100.0
+    eval_batch_size: int = 256
+    n_samples: int = 64
+    temperature: float = 0.8
+    progress: bool = True
+    model_options: dict[str, Any] = field(default_factory=dict)
+
+    def architecture(self) -> dict[str, Any]:
+        arch = dict(self.model_options)
+        for key, name in (("levels", "n_levels"), ("steps", "steps"), ("hidden", "hidden")):
+            value = getattr(self, key)
+            if value is not None:
+                arch[name] = value
+        return arch
+
+
+def resolve_device(device: str | torch.device) -> torch.device:
+    """``"auto"`` is CUDA when available, else CPU; ``"cuda"`` without a GPU is a ValueError."""
+    if str(device) == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = torch.device(device)
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError("device 'cuda' was asked for but CUDA is not available")
+    return device
+
+
+@contextlib.contextmanager
+def _forked_rng(device: torch.device, seed: int) -> Iterator[None]:
+    """Run a block on its own seeded RNG stream, leaving the training stream untouched."""
+    devices = [device] if device.type == "cuda" else []
+    with torch.random.fork_rng(devices=devices):
+        torch.manual_seed(seed)
+        yield
+
+
+def _autocast(device: torch.device, bf16: bool):
+    if bf16 and device.type == "cuda":
+        return torch.autocast("cuda", dtype=torch.bfloat16)
+    return contextlib.nullcontext()
+
+
+@torch.no_grad()
+def evaluate_bpd(
+    model: ImageFlow, images: Tensor, levels: int, batch_size: int = 256, seed: int = 0, bf16: bool = False
+) -> float:
+    """Mean bits/dim of ``images`` (one dequantization draw each, from a fixed seed)."""
+    device = next(model.parameters()).device
+    was_training = model.training
+    model.eval()
+    total = 0.0
+    try:
+        with _forked_rng(device, seed):
+            for start in range(0, images.shape[0], batch_size):
+                x = images[start : start + batch_size].to(device)
+                with _autocast(device, bf16):
+                    total += float(bits_per_dim(model, x, levels=levels).float().sum())
+    finally:
+        model.train(was_training)
+    return total / images.shape[0]
+
+
+def save_sample_grid(images: Tensor, path: str | os.PathLike, levels: int, ncol: int = 8) -> Path:
+    """Save ``(N, C, H, W)`` images in ``[0, 1]`` as a PNG grid, quantized to ``levels`` values."""
+    from matplotlib.figure import Figure
+
+    x = torch.clamp(torch.floor(images.float().cpu() * levels), max=levels - 1) / (levels - 1)
+    n, c, h, w = x.shape
+    nrow = math.ceil(n / ncol)
+    grid = torch.ones(c, nrow * (h + 1) + 1, ncol * (w + 1) + 1)
+    for i in range(n):
+        r, q = divmod(i, ncol)
+        grid[:, 1 + r * (h + 1) : 1 + r * (h + 1) + h, 1 + q * (w + 1) : 1 + q * (w + 1) + w] = x[i]
+    arr = grid.permute(1, 2, 0).numpy()
+    fig = Figure(figsize=(ncol * 0.8, nrow * 0.8))
+    ax = fig.add_axes((0, 0, 1, 1))
+    ax.imshow(arr[..., 0] if c == 1 else arr[..., :3], cmap="gray" if c == 1 else None, vmin=0, vmax=1)
+    ax.axis("off")
+    path = Path(path)
+    fig.savefig(path, dpi=100)
+    return path
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2))
+    os.replace(tmp, path)
+
+
+def _seed_all(seed: int) -> None:
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def _epoch_order(n: int, seed: int, epoch: int) -> Tensor:
+    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
+    return torch.randperm(n, generator=g)
+
+
+def _identity(config: TrainConfig) -> dict[str, Any]:
+    return {"model": config.model, "data": str(config.data), "architecture": config.architecture()}
+
+
+def train(config: TrainConfig, data: ImageData | None = None) -> dict[str, Any]:
+    """Train ``config.model`` on ``config.data`` (or the given ``data``); returns a summary dict."""
+    if config.model not in MODELS:
+        raise ValueError(f"unknown image model {config.model!r}; valid: {', '.join(MODELS)}")
+    if config.epochs < 1 or config.batch_size < 1:
+        raise ValueError("epochs and batch_size must be positive")
+    device = resolve_device(config.device)
+    out = Path(config.out)
+    out.mkdir(parents=True, exist_ok=True)
+    data = data if data is not None else load_image_data(config.data)
+    _seed_all(config.seed)
+    model = build_image_flow(config.model, data.shape, data.levels, **config.architecture()).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
+    warmup = max(1, config.warmup)
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
+
+    epoch, batch_start, step, log = 0, 0, 0, []
+    if config.resume:
+        state = load_checkpoint(out / CHECKPOINT, map_location=device)
+        if state["identity"] != _identity(config):
+            raise ValueError(f"checkpoint in {out} was made for {state['identity']}, not {_identity(config)}")
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        restore_rng_state(state["rng"])
+        epoch, batch_start, step = state["epoch"], state["batch"], state["step"]
+        if (out / LOG).is_file():
+            log = json.loads((out / LOG).read_text())
+
+    def checkpoint(epoch_: int, batch_: int) -> None:
+        save_checkpoint(
+            out / CHECKPOINT,
+            {
+                "identity": _identity(config),
+                "model": model.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "rng": capture_rng_state(),
+                "epoch": epoch_,
+                "batch": batch_,
+                "step": step,
+            },
+        )
+
+    train_x = data.train
+    n = train_x.shape[0]
+    n_batches = math.ceil(n / config.batch_size)
+    params = [p for p in model.parameters() if p.requires_grad]
+    t0 = time.perf_counter()
+    stopped = False
+    skipped = 0
+    test_bpd = float("nan")
+    model.train()
+    while epoch < config.epochs and not stopped:
+        order = _epoch_order(n, config.seed, epoch)
+        running, counted = 0.0, 0
+        bar = tqdm(
+            range(batch_start, n_batches),
+            desc=f"{config.model} epoch {epoch + 1}/{config.epochs}",
+            disable=not config.progress,
+            leave=False,
+        )
+        for b in bar:
+            idx = order[b * config.batch_size : (b + 1) * config.batch_size]
+            x = train_x[idx].to(device, non_blocking=True)
+            with _autocast(device, config.bf16):
+                loss = bits_per_dim(model, x, levels=data.levels).float().mean()
+            optimizer.zero_grad(set_to_none=True)
+            ok = bool(torch.isfinite(loss))
+            if ok:
+                loss.backward()
+                norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
+                ok = bool(torch.isfinite(norm))
+            if ok:
+                optimizer.step()
+                running += float(loss.detach())
+                counted += 1
+            else:
+                optimizer.zero_grad(set_to_none=True)
+                skipped += 1
+            scheduler.step()
+            step += 1
+            if counted:
+                bar.set_postfix(bpd=f"{running / counted:.3f}")
+            if config.time_limit is not None and time.perf_counter() - t0 > config.time_limit:
+                stopped = b + 1 < n_batches
+                batch_start = b + 1
+                break
+        bar.close()
+        finished_epoch = batch_start >= n_batches or not stopped
+        test_bpd = evaluate_bpd(model, data.test, data.levels, config.eval_batch_size, bf16=config.bf16)
+        log.append(
+            {
+                "epoch": epoch + 1,
+                "complete": finished_epoch,
+                "step": step,
+                "train_bpd": running / counted if counted else None,
+                "test_bpd": test_bpd,
+                "seconds": time.perf_counter() - t0,
+                "skipped_steps": skipped,
+            }
+        )
+        _write_json(out / LOG, log)
+        with _forked_rng(device, config.seed + 1):
+            samples = model.sample(config.n_samples, temperature=config.temperature)
+        save_sample_grid(samples, out / SAMPLES, data.levels)
+        if finished_epoch:
+            epoch, batch_start = epoch + 1, 0
+        checkpoint(epoch, batch_start)
+        if config.time_limit is not None and time.perf_counter() - t0 > config.time_limit:
+            stopped = True
+    _write_json(out / "config.json", {**asdict(config), "device": str(device), "levels_data": data.levels})
+    return {
+        "epoch": epoch,
+        "step": step,
+        "test_bpd": test_bpd,
+        "skipped_steps": skipped,
+        "seconds": time.perf_counter() - t0,
+        "parameters": sum(p.numel() for p in model.parameters()),
+        "model": model,
+        "optimizer": optimizer,
+    }
