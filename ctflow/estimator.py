@@ -148,9 +148,15 @@ class Forecaster(BaseEstimator):
         if self.model_options is not None and not isinstance(self.model_options, dict):
             raise TypeError(f"model_options must be a dict or None, got {type(self.model_options).__name__}")
         if self.model == "gru_ode_bayes":
-            step = float(self.step_size)
-            if not math.isfinite(step) or step <= 0:
+            step = self.step_size
+            if (
+                isinstance(step, bool)
+                or not isinstance(step, numbers.Real)
+                or not math.isfinite(step)
+                or step <= 0
+            ):
                 raise ValueError(f"step_size must be a positive number, got {self.step_size!r}")
+            step = float(step)
             kwargs: dict[str, Any] = {
                 "hidden_size": _check_positive_int(self.hidden_size, "hidden_size"),
                 "p_hidden": _check_positive_int(self.p_hidden, "p_hidden"),
@@ -488,10 +494,10 @@ class Forecaster(BaseEstimator):
             if len(values) != len(scaling.mean):
                 raise ValueError("value_cols and scaling disagree in length")
             kwargs = dict(fitted["model_kwargs"])
-            resolved = _resolve_device(est.device)
             model = build_model(est.model, len(values), **kwargs)
-        except (KeyError, TypeError) as err:
+        except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{source / CONFIG_FILE} is incomplete or invalid: {err!r}") from err
+        resolved = _resolve_device(est.device)
         try:
             state = load_file(str(source / WEIGHTS_FILE))
         except (SafetensorError, OSError, ValueError) as err:

@@ -173,7 +173,20 @@ class TimeCodec:
         unit = config.get("unit")
         if kind != "numeric":
             unit = _canonical_unit(str(unit))
-        return cls(kind=kind, unit=unit, origin=config.get("origin"), tz=config.get("tz"))
+        origin, tz = config.get("origin"), config.get("tz")
+        if kind == "datetime":
+            try:
+                stamp = pd.Timestamp(origin)
+            except (TypeError, ValueError) as err:
+                raise ValueError(f"invalid time codec origin {origin!r}") from err
+            if stamp is pd.NaT or stamp.tzinfo is not None:
+                raise ValueError(f"invalid time codec origin {origin!r}: expected a naive timestamp")
+            if tz is not None:
+                try:
+                    pd.Timestamp(0, tz=tz)
+                except Exception as err:
+                    raise ValueError(f"invalid time zone {tz!r} in the time codec") from err
+        return cls(kind=kind, unit=unit, origin=origin, tz=tz)
 
 
 def _check_no_missing(times: pd.Series, column: str) -> None:
