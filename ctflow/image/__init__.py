@@ -66,7 +66,7 @@ MODELS: dict[str, type[ImageFlow]] = {
 
 
 def build_image_flow(name: str, shape: tuple[int, int, int], levels: int = 256, **options: Any) -> ImageFlow:
-    """Make an image flow by name (``realnvp``, ``glow``, ``flowpp``, ``mintnet``); options reach its class."""
+    """Make an image flow by name (realnvp, glow, flowpp, mintnet); options reach its class."""
     try:
         cls = MODELS[name]
     except KeyError:

@@ -7,7 +7,8 @@ Every loader returns an :class:`ImageData` with ``(N, C, H, W)`` integer tensors
 * ``mnist``: the shipped MNIST test set (``data/mnist``, see ``data/SOURCES.md``), split
   8,000 / 2,000.
 * a path: an IDX images file (gzip or raw), a folder of ``*.png`` files, or a ``.npy`` array of
-  shape ``(N, H, W)``, ``(N, C, H, W)`` or ``(N, H, W, C)`` (C <= 4). uint8 data has 256 levels,
+  shape ``(N, H, W)``, ``(N, C, H, W)`` or ``(N, H, W, C)`` (C <= 4; when both ends could be
+  channels, a last axis of 1 or 3 means channels-last). uint8 data has 256 levels,
   other integers ``2**ceil(log2(max + 1))``, floats must lie in [0, 1] and are read as 8-bit.
 """
 
@@ -88,10 +89,12 @@ def _as_nchw(array: np.ndarray, source: str) -> np.ndarray:
     if array.ndim == 3:
         return array[:, None]
     if array.ndim == 4:
-        if array.shape[1] <= 4:
-            return array
-        if array.shape[-1] <= 4:
+        first, last = array.shape[1], array.shape[-1]
+        channels_last = last <= 4 and (first > 4 or (last in (1, 3) and first not in (1, 3)))
+        if channels_last:
             return np.moveaxis(array, -1, 1)
+        if first <= 4:
+            return array
     raise ValueError(
         f"{source}: expected images of shape (N, H, W), (N, C, H, W) or (N, H, W, C) with C <= 4, "
         f"got {array.shape}"
@@ -129,7 +132,7 @@ def split_images(
 ) -> ImageData:
     """Split ``(N, C, H, W)`` levels by a seeded permutation; ``n_test`` is a count or a fraction."""
     n = images.shape[0]
-    k = int(round(n * n_test)) if isinstance(n_test, float) else int(n_test)
+    k = round(n * n_test) if isinstance(n_test, float) else int(n_test)
     if not 0 < k < n:
         raise ValueError(f"{name}: cannot hold out {k} of {n} images")
     perm = np.random.default_rng(seed).permutation(n)
@@ -198,10 +201,7 @@ def load_image_data(spec: str | os.PathLike, seed: int = 0, n_test: int | float 
         array, source = load_png_folder(path), str(path)
     elif path.is_file():
         source = str(path)
-        if path.suffix == ".npy":
-            array = load_npy_images(path)
-        else:
-            array = load_idx(path)
+        array = load_npy_images(path) if path.suffix == ".npy" else load_idx(path)
     else:
         raise ValueError(
             f"data {str(spec)!r} is neither 'digits', 'mnist', a folder of PNGs nor an existing file "

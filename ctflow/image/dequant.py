@@ -56,10 +56,7 @@ class VariationalDequantizer(nn.Module):
         n_params = 3 * n_components + 2
         steps: list[Transform] = []
         for i in range(n_steps):
-            if h * w > 1:
-                mask = checkerboard_mask(h, w, parity=i % 2)
-            else:
-                mask = channel_mask(c, parity=i % 2)
+            mask = checkerboard_mask(h, w, parity=i % 2) if h * w > 1 else channel_mask(c, parity=i % 2)
             net = GatedAttentionConditioner(
                 c, n_params * c, hidden, n_blocks=1, context_channels=context_channels, attention=attention
             )
@@ -67,8 +64,11 @@ class VariationalDequantizer(nn.Module):
         self.flow = Compose(steps)
 
     def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
+        return self.transform_noise(x, torch.randn_like(x))
+
+    def transform_noise(self, x: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
+        """``u`` in ``(0, 1)`` and ``log q(u | x)`` for given standard normal noise ``eps``."""
         context = self.embed(2.0 * x - 1.0)
-        eps = torch.randn_like(x)
         v, ladj = self.flow(eps, context)
         log_normal = -0.5 * (eps.square() + math.log(2 * math.pi))
         log_sig = F.logsigmoid(v) + F.logsigmoid(-v)

@@ -87,6 +87,7 @@ class ImageFlow(nn.Module):
         self.dequantizer = dequantizer if dequantizer is not None else UniformDequantizer()
         self.latent_shape = latent_shape(flow, self.shape)
         self.base = StandardNormal(self.latent_shape)
+        self.register_buffer("_anchor", torch.zeros(()), persistent=False)  # dtype and device
 
     @property
     def dim(self) -> int:
@@ -114,8 +115,7 @@ class ImageFlow(nn.Module):
     def dequantize(self, k: Tensor, levels: int | None = None) -> tuple[Tensor, Tensor]:
         """``y = (k + u) / levels`` and ``log q(u | k)`` for integer levels ``k``."""
         levels = self.levels if levels is None else levels
-        param = next(self.parameters())
-        k = k.to(device=param.device, dtype=param.dtype)
+        k = k.to(device=self._anchor.device, dtype=self._anchor.dtype)
         u, log_q = self.dequantizer(k / (levels - 1))
         return (k + u) / levels, log_q
 

@@ -239,12 +239,12 @@ def train(config: TrainConfig, data: ImageData | None = None) -> dict[str, Any]:
                 ok = bool(torch.isfinite(norm))
             if ok:
                 optimizer.step()
+                scheduler.step()
                 running += float(loss.detach())
                 counted += 1
             else:
                 optimizer.zero_grad(set_to_none=True)
                 skipped += 1
-            scheduler.step()
             step += 1
             if counted:
                 bar.set_postfix(bpd=f"{running / counted:.3f}")
