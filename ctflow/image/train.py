@@ -214,7 +214,7 @@ def train(config: TrainConfig, data: ImageData | None = None) -> dict[str, Any]:
     params = [p for p in model.parameters() if p.requires_grad]
     t0 = time.perf_counter()
     stopped = False
-    skipped = 0
+    skipped, images_seen, train_seconds = 0, 0, 0.0
     test_bpd = float("nan")
     model.train()
     while epoch < config.epochs and not stopped:
@@ -227,6 +227,7 @@ def train(config: TrainConfig, data: ImageData | None = None) -> dict[str, Any]:
             leave=False,
         )
         for b in bar:
+            t_step = time.perf_counter()
             idx = order[b * config.batch_size : (b + 1) * config.batch_size]
             x = train_x[idx].to(device, non_blocking=True)
             with _autocast(device, config.bf16):
@@ -245,6 +246,8 @@ def train(config: TrainConfig, data: ImageData | None = None) -> dict[str, Any]:
             else:
                 optimizer.zero_grad(set_to_none=True)
                 skipped += 1
+            images_seen += x.shape[0]
+            train_seconds += time.perf_counter() - t_step
             step += 1
             if counted:
                 bar.set_postfix(bpd=f"{running / counted:.3f}")
@@ -282,6 +285,8 @@ def train(config: TrainConfig, data: ImageData | None = None) -> dict[str, Any]:
         "test_bpd": test_bpd,
         "skipped_steps": skipped,
         "seconds": time.perf_counter() - t0,
+        "train_seconds": train_seconds,
+        "images_per_second": images_seen / train_seconds if train_seconds else float("nan"),
         "parameters": sum(p.numel() for p in model.parameters()),
         "model": model,
         "optimizer": optimizer,
