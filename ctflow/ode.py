@@ -23,6 +23,7 @@ from torchdiffeq import odeint, odeint_adjoint
 __all__ = [
     "integrate_intervals",
     "steps_for",
+    "fixed_step_plan",
     "FIXED_STEP_STAGES",
     "SolverOptions",
     "NFECounter",
@@ -240,6 +241,22 @@ class _Rescaled(nn.Module):
 
     def forward(self, s: Tensor, h: Tensor) -> Tensor:
         return self.dt * self.field(h)
+
+
+def fixed_step_plan(dts: Tensor, options: SolverOptions) -> list[int | None]:
+    """Step counts of a fixed-step solver for each column of intervals ``dts (B, K)``.
+
+    Column ``k`` gets ``steps_for(max_b dts[b, k], step_size)`` steps (0 for an all-zero column),
+    read back from the device once for all columns; adaptive methods get ``None`` per column.
+    """
+    if options.method not in FIXED_STEP_STAGES:
+        return [None] * dts.shape[1]
+    if options.step_size is None:
+        raise ValueError(f"solver method {options.method!r} needs step_size")
+    if dts.numel() and float(dts.min()) < 0:
+        raise ValueError("query or observation times precede the state's time")
+    max_dt = dts.amax(dim=0).tolist() if dts.numel() else []
+    return [steps_for(m, options.step_size) if m > 0 else 0 for m in max_dt]
 
 
 def integrate_intervals(

@@ -1,8 +1,8 @@
 """Demo: fit a masked autoregressive flow to two moons on CPU in under a minute.
 
-Run from the repository root (``make demo`` runs it)::
+Run from the repository root ::
 
-    python -m experiments.demo
+    python -m experiments.flow_demo
 
 Prints the held-out NLL of the flow next to that of a single Gaussian fitted to the same data
 (and the NLL of the true density, the best possible), and writes
@@ -65,7 +65,9 @@ def plot(
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m experiments.demo", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(
+        prog="python -m experiments.flow_demo", description=__doc__.split("\n")[0]
+    )
     parser.add_argument("--seconds", type=float, default=40.0, help="training budget (default 40)")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--out-dir", type=Path, default=RESULTS_DIR)

@@ -21,7 +21,7 @@ from torch import Tensor, nn
 from ..data.irregular import IrregularBatch
 from ..dynamics.gru_ode import GRUBayes, GRUODECell
 from ..flows.masked import GaussianEmission, MaskedEmission, make_emission
-from ..ode import FIXED_STEP_STAGES, NFECounter, SolverOptions, integrate_intervals, steps_for
+from ..ode import NFECounter, SolverOptions, fixed_step_plan, integrate_intervals
 
 __all__ = ["GRUODEBayes", "FilterState", "PredictiveDistribution"]
 
@@ -144,14 +144,7 @@ class GRUODEBayes(nn.Module):
 
     def _plan(self, dts: Tensor) -> list[int | None]:
         """Fixed-step step counts for each column of intervals ``dts (B, K)`` (one device read)."""
-        if self.solver.method not in FIXED_STEP_STAGES:
-            return [None] * dts.shape[1]
-        if self.solver.step_size is None:
-            raise ValueError(f"solver method {self.solver.method!r} needs step_size")
-        if dts.numel() and float(dts.min()) < 0:
-            raise ValueError("query or observation times precede the state's time")
-        max_dt = dts.amax(dim=0).tolist() if dts.numel() else []
-        return [steps_for(m, self.solver.step_size) if m > 0 else 0 for m in max_dt]
+        return fixed_step_plan(dts, self.solver)
 
     def _advance(self, h: Tensor, dt: Tensor, n_steps: int | None) -> Tensor:
         if n_steps == 0:

@@ -1,0 +1,150 @@
+"""Naive probabilistic baseline: the last observed value plus empirical residuals per horizon."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+from .data.prepare import PreparedSeries, check_frame, prepare_series, query_grid
+from .data.timecodec import TimeCodec
+from .forecast import Forecast
+
+__all__ = ["LastValueBaseline"]
+
+
+class LastValueBaseline:
+    """Persistence forecast with an empirical error distribution that widens with the horizon.
+
+    The forecast of variable ``d`` at time ``t`` is its last observed value ``y_d(s)`` in the
+    context plus a residual drawn from the training residuals ``y_d(t') - y_d(s')`` of every pair
+    of observations ``s' < t'`` of ``d`` within a training series whose gap ``t' - s'`` falls in
+    the same horizon bin as ``t - s`` (``n_bins`` bins at quantiles of the training gaps). A
+    variable never observed in a series' context is forecast by its training distribution.
+
+    ``fit``/``forecast`` take the same long frames as :class:`ctflow.Forecaster`.
+    """
+
+    def __init__(self, n_bins: int = 10, max_pairs: int = 200_000, random_state: int | None = 0):
+        self.n_bins, self.max_pairs, self.random_state = n_bins, max_pairs, random_state
+
+    def fit(
+        self,
+        df: pd.DataFrame,
+        id_col: str = "unique_id",
+        time_col: str = "ds",
+        value_cols: Sequence[str] | None = None,
+        time_unit: str | None = None,
+    ) -> LastValueBaseline:
+        values = check_frame(df, id_col, time_col, value_cols)
+        self.codec_ = TimeCodec.fit(df[time_col], df[id_col], time_unit, time_col)
+        self.id_col_, self.time_col_, self.value_cols_ = id_col, time_col, values
+        series = prepare_series(df, id_col, time_col, values, self.codec_)
+        rng = np.random.default_rng(self.random_state)
+        times, vals, mask = series.raw.times.numpy(), series.raw.values.numpy(), series.raw.mask.numpy() > 0
+        self.edges_: list[np.ndarray] = []
+        self.residuals_: list[list[np.ndarray]] = []
+        self.marginal_: list[np.ndarray] = []
+        for d in range(len(values)):
+            gaps, res = [], []
+            for b in range(len(series)):
+                obs = np.flatnonzero(mask[b, :, d])
+                if len(obs) < 2:
+                    continue
+                t, y = times[b, obs], vals[b, obs, d]
+                i, j = np.triu_indices(len(obs), k=1)
+                gaps.append(t[j] - t[i])
+                res.append(y[j] - y[i])
+            self.marginal_.append(vals[:, :, d][mask[:, :, d]])
+            if not gaps:
+                self.edges_.append(np.array([np.inf]))
+                self.residuals_.append([self.marginal_[-1] - self.marginal_[-1].mean()])
+                continue
+            gap, r = np.concatenate(gaps), np.concatenate(res)
+            if len(gap) > self.max_pairs:
+                keep = rng.choice(len(gap), self.max_pairs, replace=False)
+                gap, r = gap[keep], r[keep]
+            inner = np.unique(np.quantile(gap, np.linspace(0, 1, self.n_bins + 1)[1:-1]))
+            bins = np.searchsorted(inner, gap, side="right")
+            self.edges_.append(inner)
+            self.residuals_.append([r[bins == k] if (bins == k).any() else r for k in range(len(inner) + 1)])
+        return self
+
+    def _last_values(self, context: PreparedSeries) -> tuple[np.ndarray, np.ndarray]:
+        """Per series and variable: last observed value and its time (NaN when never observed)."""
+        raw = context.raw
+        mask = raw.mask.numpy() > 0
+        n_rows = mask.shape[1]
+        idx = np.where(mask, np.arange(n_rows)[None, :, None], -1).max(1)  # (B, D)
+        rows = np.arange(len(raw))[:, None]
+        safe = np.maximum(idx, 0)
+        last = np.where(idx >= 0, raw.values.numpy()[rows, safe, np.arange(mask.shape[2])], np.nan)
+        when = np.where(idx >= 0, raw.times.numpy()[rows, safe], np.nan)
+        return last, when
+
+    def score(self, df: pd.DataFrame) -> float:
+        """Mean log-likelihood per observed value of one-step-ahead predictions (higher is better),
+        as :meth:`ctflow.Forecaster.score`: each value is scored by a Gaussian at the previous
+        value of its variable with the standard deviation of the training residuals of the same
+        horizon bin, or by the variable's training Gaussian for its first observation."""
+        if not hasattr(self, "codec_"):
+            raise ValueError("this LastValueBaseline is not fitted yet: call fit first")
+        check_frame(df, self.id_col_, self.time_col_, self.value_cols_)
+        series = prepare_series(df, self.id_col_, self.time_col_, self.value_cols_, self.codec_)
+        times, vals, mask = series.raw.times.numpy(), series.raw.values.numpy(), series.raw.mask.numpy() > 0
+        total, count = 0.0, 0
+        for d in range(len(self.value_cols_)):
+            sd = np.array([max(r.std(), 1e-8) for r in self.residuals_[d]])
+            m_mean, m_sd = self.marginal_[d].mean(), max(self.marginal_[d].std(), 1e-8)
+            for b in range(len(series)):
+                obs = np.flatnonzero(mask[b, :, d])
+                if not len(obs):
+                    continue
+                t, y = times[b, obs], vals[b, obs, d]
+                mu = np.concatenate(([m_mean], y[:-1]))
+                bins = np.searchsorted(self.edges_[d], np.diff(t), side="right")
+                s = np.concatenate(([m_sd], sd[bins]))
+                total += float((-0.5 * ((y - mu) / s) ** 2 - np.log(s) - 0.5 * np.log(2 * np.pi)).sum())
+                count += len(obs)
+        return total / count
+
+    def forecast(
+        self,
+        df: pd.DataFrame,
+        times: pd.DataFrame | None = None,
+        horizon: Sequence[Any] | None = None,
+        n_samples: int = 500,
+    ) -> Forecast:
+        """Samples at the queries (marginal per query; same arguments as ``Forecaster.forecast``)."""
+        if not hasattr(self, "codec_"):
+            raise ValueError("this LastValueBaseline is not fitted yet: call fit first")
+        check_frame(df, self.id_col_, self.time_col_, self.value_cols_)
+        context = prepare_series(df, self.id_col_, self.time_col_, self.value_cols_, self.codec_)
+        grid = query_grid(context, self.codec_, self.id_col_, self.time_col_, times=times, horizon=horizon)
+        last, when = self._last_values(context)
+        rng = np.random.default_rng(self.random_state)
+        q_times = grid.times[grid.series, grid.slot]
+        samples = np.empty((n_samples, grid.n_queries, len(self.value_cols_)))
+        for d in range(len(self.value_cols_)):
+            base = last[grid.series, d]
+            gap = q_times - when[grid.series, d]
+            bins = np.searchsorted(self.edges_[d], gap, side="right")
+            for k in np.unique(bins[np.isfinite(base)]):
+                sel = np.flatnonzero((bins == k) & np.isfinite(base))
+                pool = self.residuals_[d][k]
+                samples[:, sel, d] = base[sel] + rng.choice(pool, size=(n_samples, len(sel)))
+            unseen = np.flatnonzero(~np.isfinite(base))
+            if len(unseen):
+                samples[:, unseen, d] = rng.choice(self.marginal_[d], size=(n_samples, len(unseen)))
+        ids = pd.Series(context.ids[grid.series])
+        queries = pd.DataFrame({self.id_col_: ids.to_numpy(), self.time_col_: self.codec_.decode(q_times)})
+        return Forecast(
+            queries,
+            self.value_cols_,
+            samples,
+            history=context.history,
+            id_col=self.id_col_,
+            time_col=self.time_col_,
+        )
