@@ -1,0 +1,5 @@
+"""``python -m ctflow ...``: the ``ctflow`` command (see :mod:`ctflow.cli`)."""
+
+from .cli import main
+
+raise SystemExit(main())

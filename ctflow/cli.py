@@ -1,0 +1,432 @@
+"""The ``ctflow`` command: fit a forecaster on a CSV file, forecast, evaluate.
+
+.. code-block:: text
+
+    ctflow fit DATA.csv --out MODEL_DIR [--id-col unique_id --time-col ds --value-cols ...]
+    ctflow forecast MODEL_DIR CONTEXT.csv --horizon 1 2 5 -o OUT.csv [--times QUERIES.csv]
+    ctflow evaluate MODEL_DIR TEST.csv [--horizon K]
+    ctflow image train ...            (multi-scale image flows, when available)
+
+CSV files are long: one row per series and time, one column per variable, empty where a
+variable was not measured. A time column that is not numeric is read as datetimes (ISO 8601 or
+anything pandas parses); the saved model remembers the kind of time it was fitted on, and
+``forecast``/``evaluate`` parse their files the same way. Errors in the input end the command
+with a one-line message and exit status 2; output files are written only when everything
+succeeded, each one atomically.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+
+__all__ = ["build_parser", "main"]
+
+PROG = "ctflow"
+
+
+class InputError(ValueError):
+    """A problem with the command's input, reported in one line."""
+
+
+# --------------------------------------------------------------------------- reading and writing
+def read_csv(path: str | os.PathLike) -> pd.DataFrame:
+    """Read a CSV file; a missing or unreadable file is an :class:`InputError`."""
+    source = Path(path)
+    if not source.is_file():
+        raise InputError(f"{source}: no such file")
+    try:
+        return pd.read_csv(source)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, OSError) as err:
+        raise InputError(f"{source}: cannot read it as CSV ({str(err).strip().splitlines()[0]})") from err
+
+
+def _check_column(df: pd.DataFrame, column: str, path: str | os.PathLike, role: str) -> None:
+    if column not in df.columns:
+        raise InputError(f"{path}: no {role} column {column!r}; columns are {list(map(str, df.columns))}")
+
+
+def parse_datetimes(
+    values: pd.Series, column: str, path: str | os.PathLike, tz: str | None = None
+) -> pd.Series:
+    """A column of date strings as datetimes (converted to ``tz`` when given)."""
+    if pd.api.types.is_datetime64_any_dtype(values.dtype):
+        parsed = values
+    else:
+        try:
+            parsed = pd.to_datetime(values)
+        except (ValueError, TypeError):
+            try:
+                parsed = pd.to_datetime(values, utc=True)  # mixed UTC offsets
+            except (ValueError, TypeError) as err:
+                raise InputError(f"{path}: column {column!r} does not parse as datetimes ({err})") from err
+    if tz is not None and isinstance(parsed.dtype, pd.DatetimeTZDtype):
+        parsed = parsed.dt.tz_convert(tz)
+    return parsed
+
+
+def _looks_numeric(values: pd.Series) -> bool:
+    return pd.api.types.is_numeric_dtype(values.dtype) and not pd.api.types.is_bool_dtype(values.dtype)
+
+
+def read_series(
+    path: str | os.PathLike,
+    id_col: str,
+    time_col: str,
+    kind: str | None = None,
+    tz: str | None = None,
+) -> pd.DataFrame:
+    """Read a long CSV and convert its time column: ``kind`` ``"datetime"``, ``"timedelta"`` or
+    ``"numeric"`` (the kind a model was fitted on); ``None`` parses non-numeric times as dates."""
+    df = read_csv(path)
+    _check_column(df, id_col, path, "id")
+    _check_column(df, time_col, path, "time")
+    times = df[time_col]
+    if kind == "datetime" or (kind is None and not _looks_numeric(times)):
+        df[time_col] = parse_datetimes(times, time_col, path, tz)
+    elif kind == "timedelta":
+        try:
+            df[time_col] = pd.to_timedelta(times)
+        except (ValueError, TypeError) as err:
+            raise InputError(f"{path}: column {time_col!r} does not parse as time spans ({err})") from err
+    return df
+
+
+def _atomic_write(target: Path, write: Callable[[Path], None]) -> None:
+    """Call ``write`` on a temporary file next to ``target``, then rename it over ``target``."""
+    target.parent.mkdir(parents=True, exist_ok=True)
+    handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix, dir=target.parent)
+    os.close(handle)
+    tmp = Path(name)
+    try:
+        write(tmp)
+        os.replace(tmp, target)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
+def parse_offset(text: str) -> float | pd.Timedelta:
+    """A horizon offset: a number (in the model's time unit) or a time span such as ``12h``."""
+    try:
+        return float(text)
+    except ValueError:
+        pass
+    try:
+        return pd.Timedelta(text)
+    except ValueError as err:
+        raise argparse.ArgumentTypeError(f"not a number or a time span: {text!r}") from err
+
+
+# --------------------------------------------------------------------------- fit
+def add_fit_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "fit",
+        help="fit a forecaster on a long CSV file and save it",
+        description="Fit a Forecaster on DATA.csv (one row per series and time) and save it to --out "
+        "(config.json and model.safetensors).",
+    )
+    p.add_argument("data", metavar="DATA.csv")
+    p.add_argument("--out", required=True, metavar="MODEL_DIR", help="directory to save the model in")
+    p.add_argument("--id-col", default="unique_id", help="series id column (default: %(default)s)")
+    p.add_argument("--time-col", default="ds", help="time column (default: %(default)s)")
+    p.add_argument("--value-cols", nargs="+", metavar="COL", help="variables (default: all other columns)")
+    p.add_argument("--datetime", action="store_true", help="parse the time column as datetimes")
+    p.add_argument("--time-unit", help="unit of datetime times: W, D, h, min, s, ms, us (default: inferred)")
+    p.add_argument("--model", default="gru_ode_bayes", help="sequence model (default: %(default)s)")
+    p.add_argument(
+        "--emission", default="gaussian", help="gaussian, mixlogistic or maf (default: %(default)s)"
+    )
+    p.add_argument("--hidden-size", type=int, default=32, help="hidden state width (default: %(default)s)")
+    p.add_argument("--max-epochs", type=int, default=100, help="(default: %(default)s)")
+    p.add_argument("--batch-size", type=int, default=32, help="series per step (default: %(default)s)")
+    p.add_argument("--lr", type=float, default=3e-3, help="learning rate (default: %(default)s)")
+    p.add_argument(
+        "--val-fraction",
+        type=float,
+        default=0.2,
+        help="series held out for early stopping (default: %(default)s)",
+    )
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=15,
+        help="epochs without improvement before stopping; 0: never stop early",
+    )
+    p.add_argument("--time-limit", type=float, metavar="SECONDS", help="wall-clock budget of the fit")
+    p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
+    p.add_argument("--verbose", action="store_true", help="show a progress bar")
+    p.set_defaults(func=run_fit)
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    from .estimator import Forecaster
+
+    kind = "datetime" if args.datetime else None
+    df = read_series(args.data, args.id_col, args.time_col, kind=kind)
+    if args.value_cols:
+        for col in args.value_cols:
+            _check_column(df, col, args.data, "value")
+    est = Forecaster(
+        model=args.model,
+        emission=args.emission,
+        hidden_size=args.hidden_size,
+        p_hidden=args.hidden_size,
+        prep_hidden=max(1, args.hidden_size // 2),
+        max_epochs=args.max_epochs,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        val_fraction=args.val_fraction,
+        patience=args.patience or None,
+        time_limit=args.time_limit,
+        random_state=args.seed,
+        device=args.device,
+        verbose=args.verbose,
+    )
+    est.fit(
+        df, id_col=args.id_col, time_col=args.time_col, value_cols=args.value_cols, time_unit=args.time_unit
+    )
+    path = est.save(args.out)
+    history = est.history_ or {}
+    summary = {
+        "model_dir": str(path),
+        "series": est.n_series_,
+        "variables": est.value_cols_,
+        "epochs": history.get("epochs"),
+        "best_val_loss": history.get("best_val_loss"),
+        "stop_reason": history.get("stop_reason"),
+    }
+    print(json.dumps(summary, default=str))
+    return 0
+
+
+# --------------------------------------------------------------------------- forecast
+def add_forecast_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "forecast",
+        help="forecast from a saved model",
+        description="Forecast the series of CONTEXT.csv with a saved model and write the long forecast "
+        "table (id, time, variable, mean, one column per quantile) to -o.",
+    )
+    p.add_argument("model_dir", metavar="MODEL_DIR")
+    p.add_argument("context", metavar="CONTEXT.csv", help="observations to condition on")
+    when = p.add_mutually_exclusive_group(required=True)
+    when.add_argument(
+        "--horizon",
+        nargs="+",
+        type=parse_offset,
+        metavar="H",
+        help="offsets after each series' last observation: numbers in the time unit, or spans like 12h",
+    )
+    when.add_argument("--times", metavar="QUERIES.csv", help="CSV of (id, time) rows to forecast at")
+    p.add_argument("--quantiles", nargs="+", type=float, default=[0.1, 0.5, 0.9], metavar="Q")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.csv")
+    p.add_argument("--n-samples", type=int, help="samples behind the quantiles (default: the model's)")
+    p.add_argument("--seed", type=int, help="sampling seed (default: the model's)")
+    p.add_argument("--plot", metavar="PNG", help="also plot forecasts to this image")
+    p.add_argument("--plot-series", nargs="+", metavar="ID", help="series to plot (default: the first)")
+    p.add_argument("--device", help="auto, cpu or cuda (default: as saved)")
+    p.set_defaults(func=run_forecast)
+
+
+def _load(model_dir: str, device: str | None) -> Any:
+    from .estimator import Forecaster
+
+    return Forecaster.load(model_dir, device=device)
+
+
+def _read_for(est: Any, path: str | os.PathLike) -> pd.DataFrame:
+    """Read a CSV with its time column parsed like the model's training times."""
+    codec = est.codec_
+    return read_series(path, est.id_col_, est.time_col_, kind=codec.kind, tz=codec.tz)
+
+
+def _pick_series(ids: pd.Series, wanted: Sequence[str] | None) -> list[Any]:
+    unique = pd.unique(ids)
+    if not wanted:
+        return [unique[0]]
+    by_text = {str(i): i for i in unique}
+    missing = [w for w in wanted if w not in by_text]
+    if missing:
+        raise InputError(f"--plot-series: no forecast for series {missing}")
+    return [by_text[w] for w in wanted]
+
+
+def _plot(forecast: Any, series: list[Any], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = forecast.variables
+    fig, axes = plt.subplots(
+        len(series), len(names), figsize=(4.5 * len(names), 2.6 * len(series)), squeeze=False
+    )
+    for i, sid in enumerate(series):
+        for j, name in enumerate(names):
+            forecast.plot(sid, ax=axes[i][j], variables=[name])
+            axes[i][j].set_title(f"{sid}: {name}", fontsize=9)
+    fig.tight_layout()
+    try:
+        _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+    finally:
+        plt.close(fig)
+
+
+def run_forecast(args: argparse.Namespace) -> int:
+    est = _load(args.model_dir, args.device)
+    context = _read_for(est, args.context)
+    times = _read_for(est, args.times) if args.times else None
+    fc = est.forecast(context, times=times, horizon=args.horizon, n_samples=args.n_samples, seed=args.seed)
+    table = fc.to_frame(quantiles=args.quantiles)
+    series = _pick_series(fc.queries[est.id_col_], args.plot_series) if args.plot else []
+    if args.plot:
+        _plot(fc, series, Path(args.plot))
+    _atomic_write(Path(args.output), lambda tmp: table.to_csv(tmp, index=False))
+    print(f"wrote {len(table)} rows ({len(fc)} queries x {len(fc.variables)} variables) to {args.output}")
+    return 0
+
+
+# --------------------------------------------------------------------------- evaluate
+def add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
+    p = commands.add_parser(
+        "evaluate",
+        help="score a saved model on test series",
+        description="Print the score of TEST.csv: the mean log-likelihood per observed value of each "
+        "observation given the earlier ones in its series (higher is better). With --horizon K, each "
+        "series' last K observation times are also forecast from the earlier ones (series with no "
+        "earlier observation are left out) and the forecasts scored: CRPS and MAE of the mean per "
+        "observed value, and the coverage of central intervals.",
+    )
+    p.add_argument("model_dir", metavar="MODEL_DIR")
+    p.add_argument("test", metavar="TEST.csv")
+    p.add_argument("--horizon", type=int, metavar="K", help="observation times held out per series")
+    p.add_argument("--coverage", nargs="+", type=float, default=[0.8, 0.95], metavar="C")
+    p.add_argument("--n-samples", type=int, help="forecast samples (default: the model's)")
+    p.add_argument("--seed", type=int, help="sampling seed (default: the model's)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--device", help="auto, cpu or cuda (default: as saved)")
+    p.set_defaults(func=run_evaluate)
+
+
+def split_last(
+    df: pd.DataFrame, id_col: str, time_col: str, values: Sequence[str], k: int
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Each series' last ``k`` observed times (targets) and the observations before them (context);
+    series with nothing before their targets are dropped from both."""
+    observed = df[df[list(values)].notna().any(axis=1)].sort_values([id_col, time_col], kind="stable")
+    from_end = observed.groupby(id_col, sort=False).cumcount(ascending=False)
+    context, target = observed[from_end >= k], observed[from_end < k]
+    target = target[target[id_col].isin(context[id_col])]
+    return context, target
+
+
+def evaluate_holdout(est: Any, df: pd.DataFrame, k: int, coverage: Sequence[float], **kwargs: Any) -> dict:
+    import torch
+
+    from .forecast import check_coverage
+    from .metrics import crps_samples, interval_coverage
+
+    levels = check_coverage(coverage)
+    values = est.value_cols_
+    context, target = split_last(df, est.id_col_, est.time_col_, values, k)
+    if target.empty:
+        raise InputError(f"no series has more than {k} observation time(s) to hold out")
+    fc = est.forecast(context, times=target[[est.id_col_, est.time_col_]], **kwargs)
+    y = torch.from_numpy(target[values].to_numpy(dtype=np.float64, na_value=np.nan))
+    mask = ~torch.isnan(y)
+    y = torch.nan_to_num(y)
+    samples = torch.from_numpy(fc.samples)
+    crps = crps_samples(samples, y, reduce=False)
+    abs_err = (torch.from_numpy(fc.mean[values].to_numpy()) - y).abs()
+    out: dict[str, Any] = {"series": int(target[est.id_col_].nunique()), "targets": int(mask.sum())}
+    out["crps"] = float(crps[mask].mean())
+    out["mae"] = float(abs_err[mask].mean())
+    for d, name in enumerate(values):
+        if mask[:, d].any():
+            out[f"crps_{name}"] = float(crps[mask[:, d], d].mean())
+    for c in levels:
+        lo, hi = fc.quantile_array([(1 - c) / 2, (1 + c) / 2])
+        cov = interval_coverage(torch.from_numpy(lo), torch.from_numpy(hi), y, mask)
+        out[f"coverage_{100 * c:g}"] = float(cov)
+    return out
+
+
+def run_evaluate(args: argparse.Namespace) -> int:
+    est = _load(args.model_dir, args.device)
+    df = _read_for(est, args.test)
+    result: dict[str, Any] = {"score": est.score(df)}
+    if args.horizon is not None:
+        if args.horizon < 1:
+            raise InputError(f"--horizon must be a positive number of observations, got {args.horizon}")
+        result["horizon"] = args.horizon
+        result.update(
+            evaluate_holdout(est, df, args.horizon, args.coverage, n_samples=args.n_samples, seed=args.seed)
+        )
+    if args.json:
+        print(json.dumps(result))
+    else:
+        for key, value in result.items():
+            shown = f"{value:.6g}" if isinstance(value, float) and math.isfinite(value) else value
+            print(f"{key}: {shown}")
+    return 0
+
+
+# --------------------------------------------------------------------------- image flows
+def _add_image_parser(commands: argparse._SubParsersAction) -> None:
+    """Wire in ``ctflow image`` from :mod:`ctflow.image.cli`; if it cannot be imported, the command
+    still exists and reports why."""
+    try:
+        from .image.cli import add_image_parser
+    except Exception as err:  # the rest of the command line must work without it
+        reason = f"{type(err).__name__}: {err}"
+        p = commands.add_parser("image", help="multi-scale image flows (unavailable)", add_help=True)
+        p.add_argument("rest", nargs=argparse.REMAINDER)
+
+        def unavailable(args: argparse.Namespace) -> int:
+            raise InputError(f"image flows are unavailable ({reason})")
+
+        p.set_defaults(func=unavailable)
+        return
+    parser = add_image_parser(commands)
+    parser.set_defaults(func=lambda args: args.image_func(args))
+
+
+# --------------------------------------------------------------------------- entry point
+def build_parser() -> argparse.ArgumentParser:
+    from . import __version__
+
+    parser = argparse.ArgumentParser(
+        prog=PROG, description="Probabilistic forecasting of irregularly sampled time series."
+    )
+    parser.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    commands = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_fit_parser(commands)
+    add_forecast_parser(commands)
+    add_evaluate_parser(commands)
+    _add_image_parser(commands)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Run ``ctflow``; returns the exit status (2 for bad input, with a one-line message)."""
+    from sklearn.exceptions import NotFittedError
+
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except (ValueError, TypeError, OSError, NotFittedError) as err:
+        message = " ".join(str(err).split()) or type(err).__name__
+        print(f"{PROG} {args.command}: error: {message}", file=sys.stderr)
+        return 2
