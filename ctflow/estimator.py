@@ -75,7 +75,8 @@ class Forecaster(BaseEstimator):
     times, in the original units.
 
     Args:
-        model: sequence model name (see :mod:`ctflow.models.registry`).
+        model: ``"gru_ode_bayes"``, ``"latent_ode"`` (Rubanova, Chen & Duvenaud 2019) or
+            ``"latent_sde"`` (Li, Wong, Chen & Duvenaud 2020); see :mod:`ctflow.models.registry`.
         emission: emission density ``p(y | h)``: ``"gaussian"``, ``"mixlogistic"`` (a
             mixture-of-logistics CDF flow per variable) or ``"maf"`` (a joint masked autoregressive
             flow over the observed variables).
@@ -83,7 +84,10 @@ class Forecaster(BaseEstimator):
             the per-variable GRU-Bayes preprocessing.
         solver, step_size: ODE solver between observations; ``step_size`` is in units of the
             median gap between a series' consecutive training observations.
-        post_jump_weight: weight of the post-jump likelihood in the training loss.
+        post_jump_weight: weight of the post-jump likelihood in the training loss (GRU-ODE-Bayes).
+        latent_dim, posterior: latent size and posterior ``q(z0 | x)`` of the latent models
+            (``"gaussian"`` or a flow: ``"iaf"``, ``"planar"``, ``"radial"``, ``"sylvester"``,
+            ``"realnvp"``).
         model_options: further keyword arguments of the model's constructor.
         max_epochs, batch_size (series per step), lr, weight_decay, grad_clip: optimisation.
         val_fraction: fraction of the training series held out for early stopping (0: none).
@@ -105,6 +109,8 @@ class Forecaster(BaseEstimator):
         solver: str = "euler",
         step_size: float = 0.25,
         post_jump_weight: float = 0.1,
+        latent_dim: int = 16,
+        posterior: str = "gaussian",
         model_options: dict | None = None,
         max_epochs: int = 100,
         batch_size: int = 32,
@@ -127,6 +133,8 @@ class Forecaster(BaseEstimator):
         self.solver = solver
         self.step_size = step_size
         self.post_jump_weight = post_jump_weight
+        self.latent_dim = latent_dim
+        self.posterior = posterior
         self.model_options = model_options
         self.max_epochs = max_epochs
         self.batch_size = batch_size
@@ -147,27 +155,27 @@ class Forecaster(BaseEstimator):
             raise TypeError(f"model must be a model name, got {type(self.model).__name__}")
         if self.model_options is not None and not isinstance(self.model_options, dict):
             raise TypeError(f"model_options must be a dict or None, got {type(self.model_options).__name__}")
+        step = self.step_size
+        if (
+            isinstance(step, bool)
+            or not isinstance(step, numbers.Real)
+            or not math.isfinite(step)
+            or step <= 0
+        ):
+            raise ValueError(f"step_size must be a positive number, got {self.step_size!r}")
+        solver = {"method": self.solver, "step_size": float(step)}
+        kwargs: dict[str, Any] = {
+            "hidden_size": _check_positive_int(self.hidden_size, "hidden_size"),
+            "p_hidden": _check_positive_int(self.p_hidden, "p_hidden"),
+            "emission": self.emission,
+            "solver": solver,
+        }
         if self.model == "gru_ode_bayes":
-            step = self.step_size
-            if (
-                isinstance(step, bool)
-                or not isinstance(step, numbers.Real)
-                or not math.isfinite(step)
-                or step <= 0
-            ):
-                raise ValueError(f"step_size must be a positive number, got {self.step_size!r}")
-            step = float(step)
-            kwargs: dict[str, Any] = {
-                "hidden_size": _check_positive_int(self.hidden_size, "hidden_size"),
-                "p_hidden": _check_positive_int(self.p_hidden, "p_hidden"),
-                "prep_hidden": _check_positive_int(self.prep_hidden, "prep_hidden"),
-                "emission": self.emission,
-                "solver": {"method": self.solver, "step_size": step},
-                "post_jump_weight": float(self.post_jump_weight),
-            }
-        else:
-            kwargs = {"hidden_size": _check_positive_int(self.hidden_size, "hidden_size")}
-            kwargs["emission"] = self.emission
+            kwargs["prep_hidden"] = _check_positive_int(self.prep_hidden, "prep_hidden")
+            kwargs["post_jump_weight"] = float(self.post_jump_weight)
+        elif self.model in ("latent_ode", "latent_sde"):
+            kwargs["latent_dim"] = _check_positive_int(self.latent_dim, "latent_dim")
+            kwargs["posterior"] = self.posterior
         kwargs.update(self.model_options or {})
         return kwargs
 

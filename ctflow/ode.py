@@ -24,6 +24,8 @@ __all__ = [
     "integrate_intervals",
     "steps_for",
     "fixed_step_plan",
+    "integrate_sde_intervals",
+    "SDE_METHODS",
     "FIXED_STEP_STAGES",
     "SolverOptions",
     "NFECounter",
@@ -311,4 +313,69 @@ def integrate_intervals(
     )[-1]
     if counter is not None:
         counter.nfe_forward += wrapped.nfe_forward
+    return out
+
+
+# Fixed-step SDE schemes of torchsde usable with diagonal noise.
+SDE_METHODS = ("euler", "milstein", "srk")
+
+
+class _RescaledSDE(nn.Module):
+    """``dy = dt * f(y) ds + sqrt(dt) * g(y) dW_s`` on ``s in [0, 1]`` (per-row durations ``dt``)."""
+
+    sde_type = "ito"
+
+    def __init__(
+        self,
+        drift: Callable[[Tensor], Tensor],
+        diffusion: Callable[[Tensor], Tensor],
+        dt: Tensor,
+        noise_type: str,
+    ):
+        super().__init__()
+        self.drift_fn, self.diffusion_fn, self.noise_type = drift, diffusion, noise_type
+        self.scale = dt.unsqueeze(-1)
+        self.root = dt.clamp_min(0).sqrt().view(-1, *([1] * (2 if noise_type == "general" else 1)))
+        self.nfe = 0
+
+    def f(self, s: Tensor, y: Tensor) -> Tensor:
+        self.nfe += 1
+        return self.scale * self.drift_fn(y)
+
+    def g(self, s: Tensor, y: Tensor) -> Tensor:
+        return self.root * self.diffusion_fn(y)
+
+
+def integrate_sde_intervals(
+    drift: Callable[[Tensor], Tensor],
+    diffusion: Callable[[Tensor], Tensor],
+    y: Tensor,
+    dt: Tensor,
+    n_steps: int,
+    method: str = "euler",
+    counter: NFECounter | None = None,
+    noise_type: str = "diagonal",
+) -> Tensor:
+    """Advance ``y (B, K)`` by ``dt (B,)`` under the Ito SDE ``dy = f(y) dt + g(y) dW``, all rows
+    in lockstep, with ``n_steps`` fixed steps of torchsde's ``method`` in per-row rescaled time
+    (a row with ``dt = 0`` stays put). ``noise_type="diagonal"``: ``g(y)`` has ``y``'s shape;
+    ``"general"``: ``g(y)`` is ``(B, K, m)`` for ``m`` Brownian motions (Euler only).
+    """
+    if noise_type not in ("diagonal", "general"):
+        raise ValueError(f"noise_type must be 'diagonal' or 'general', got {noise_type!r}")
+    if method not in SDE_METHODS:
+        raise ValueError(f"unknown SDE method {method!r}; valid: {', '.join(SDE_METHODS)}")
+    if n_steps == 0:
+        return y
+    import torchsde
+
+    sde = _RescaledSDE(drift, diffusion, dt, noise_type)
+    s = torch.tensor([0.0, 1.0], dtype=y.dtype, device=y.device)
+    noise_size = (y.shape[0], diffusion(y).shape[-1]) if noise_type == "general" else tuple(y.shape)
+    # The Brownian path's entropy comes from torch's generator, so torch.manual_seed repeats runs.
+    entropy = int(torch.randint(2**31 - 1, (), device="cpu"))
+    bm = torchsde.BrownianInterval(0.0, 1.0, size=noise_size, dtype=y.dtype, device=y.device, entropy=entropy)
+    out = torchsde.sdeint(sde, y, s, bm=bm, method=method, dt=1.0 / n_steps)[-1]
+    if counter is not None:
+        counter.nfe_forward += sde.nfe
     return out

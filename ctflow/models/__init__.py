@@ -1,5 +1,17 @@
-"""Sequence models: ``loss(batch)``, ``filter``, ``predict``, ``sample_paths``."""
+"""Sequence models: ``loss(batch)``, ``nll_terms``, ``filter``, ``predict``, ``sample_paths``."""
 
 from .gru_ode_bayes import FilterState, GRUODEBayes, PredictiveDistribution
+from .latent_ode import LatentODE, MixturePredictive, ParticleState
+from .latent_sde import LatentSDE
+from .posterior import Posterior
 
-__all__ = ["FilterState", "GRUODEBayes", "PredictiveDistribution"]
+__all__ = [
+    "FilterState",
+    "GRUODEBayes",
+    "LatentODE",
+    "LatentSDE",
+    "MixturePredictive",
+    "ParticleState",
+    "Posterior",
+    "PredictiveDistribution",
+]

@@ -81,6 +81,9 @@ class GRUODEBayes(nn.Module):
         solver: integration between observations (fixed-step ``euler``/``midpoint``/``rk4`` with
             ``step_size`` the largest step in time units, or adaptive ``dopri5`` etc.).
         post_jump_weight: weight of the post-jump negative log-likelihood in the loss.
+        update_dropout: in training, the probability that an observation row is scored but not
+            used to update the state, so the model also learns to predict further ahead than the
+            next observation (what multi-step forecasts need).
         start_time: time at which every series starts from ``h0`` (``None``: its first observation).
     """
 
@@ -95,6 +98,7 @@ class GRUODEBayes(nn.Module):
         static_dim: int = 0,
         solver: SolverOptions | dict | None = None,
         post_jump_weight: float = 0.1,
+        update_dropout: float = 0.0,
         start_time: float | None = 0.0,
     ):
         super().__init__()
@@ -118,6 +122,9 @@ class GRUODEBayes(nn.Module):
             solver = SolverOptions(**solver)
         self.solver = solver or SolverOptions(method="euler", step_size=0.05)
         self.post_jump_weight = float(post_jump_weight)
+        if not 0 <= update_dropout < 1:
+            raise ValueError(f"update_dropout must lie in [0, 1), got {update_dropout!r}")
+        self.update_dropout = float(update_dropout)
         self.start_time = start_time
         self.nfe = NFECounter(nn.Identity())
 
@@ -173,6 +180,9 @@ class GRUODEBayes(nn.Module):
             log_prob, stats = self.emission.log_prob_and_statistics(y, m, h)
             if score:
                 nll_pre = nll_pre - log_prob.sum()
+            if score and self.training and self.update_dropout:
+                keep = torch.rand(m.shape[0], 1, device=m.device) >= self.update_dropout
+                m = m * keep.to(m.dtype)
             h = self.bayes(h, stats, m)
             if score and self.post_jump_weight:
                 nll_post = nll_post - self.emission.log_prob(y, m, h).sum()

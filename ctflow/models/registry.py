@@ -8,10 +8,16 @@ from typing import Any
 from torch import nn
 
 from .gru_ode_bayes import GRUODEBayes
+from .latent_ode import LatentODE
+from .latent_sde import LatentSDE
 
 __all__ = ["MODELS", "build_model", "register_model"]
 
-MODELS: dict[str, Callable[..., nn.Module]] = {"gru_ode_bayes": GRUODEBayes}
+MODELS: dict[str, Callable[..., nn.Module]] = {
+    "gru_ode_bayes": GRUODEBayes,
+    "latent_ode": LatentODE,
+    "latent_sde": LatentSDE,
+}
 
 
 def register_model(name: str, factory: Callable[..., nn.Module]) -> None:
