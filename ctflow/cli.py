@@ -166,6 +166,8 @@ def add_fit_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda (default: %(default)s)")
     p.add_argument("--verbose", action="store_true", help="show a progress bar")
+    p.add_argument("--checkpoint", help="training checkpoint file, written atomically after every epoch")
+    p.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
     p.set_defaults(func=run_fit)
 
 
@@ -194,8 +196,16 @@ def run_fit(args: argparse.Namespace) -> int:
         verbose=args.verbose,
     )
     est.fit(
-        df, id_col=args.id_col, time_col=args.time_col, value_cols=args.value_cols, time_unit=args.time_unit
+        df,
+        id_col=args.id_col,
+        time_col=args.time_col,
+        value_cols=args.value_cols,
+        time_unit=args.time_unit,
+        checkpoint=args.checkpoint,
+        resume=args.resume,
     )
+    if int(os.environ.get("RANK", "0")) != 0:
+        return 0  # under torchrun every process holds the same model; rank 0 writes it
     path = est.save(args.out)
     history = est.history_ or {}
     summary = {

@@ -23,6 +23,7 @@ from . import __version__
 from .data.irregular import split_series
 from .data.prepare import PreparedSeries, QueryGrid, Scaling, check_frame, prepare_series, query_grid
 from .data.timecodec import TimeCodec
+from .distributed import launched_by_torchrun
 from .forecast import Forecast, check_coverage, check_quantiles
 from .models.registry import build_model
 from .training import evaluate_sequence_nll, fit_model
@@ -43,6 +44,8 @@ def _resolve_device(device: Any) -> torch.device:
         raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or a torch.device, got {device!r}") from err
     if resolved.type == "cuda" and not torch.cuda.is_available():
         raise ValueError(f"device {device!r} was asked for but CUDA is not available")
+    if resolved.type == "cuda" and resolved.index is None and launched_by_torchrun():
+        resolved = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     return resolved
 
 
@@ -196,6 +199,8 @@ class Forecaster(BaseEstimator):
         time_col: str = "ds",
         value_cols: Sequence[str] | None = None,
         time_unit: str | None = None,
+        checkpoint: str | os.PathLike | None = None,
+        resume: bool = False,
     ) -> Forecaster:
         """Fit on a long frame: ``id_col``, ``time_col`` (numbers, datetimes or timedeltas) and
         the value columns (default: every other column; NaN where not measured).
@@ -204,6 +209,11 @@ class Forecaster(BaseEstimator):
         default inferred from the median gap between observations) from the earliest time.
         Each variable is standardised with the training statistics (undone in every output).
         A fraction ``val_fraction`` of the series is held out for early stopping.
+
+        ``checkpoint``: a file that training state is written to atomically after every epoch;
+        with ``resume=True`` an interrupted fit continues from it (exactly, on CPU, without a
+        ``time_limit``). Under ``torchrun --nproc_per_node=N`` the fit is data-parallel
+        (``batch_size`` series per process and step) and every process ends with the same model.
         """
         self._check_fit_params()
         values = check_frame(df, id_col, time_col, value_cols)
@@ -233,6 +243,8 @@ class Forecaster(BaseEstimator):
                 seed=seed,
                 verbose=self.verbose,
                 desc=f"fit {self.model}",
+                checkpoint=checkpoint,
+                resume=resume,
             )
         model.eval()
         self.model_ = model

@@ -17,11 +17,15 @@ from __future__ import annotations
 
 import contextlib
 import itertools
+import json
+import logging
 import math
 import numbers
+import os
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -29,13 +33,16 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
+from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
 from .data.irregular import IrregularBatch
+from .distributed import DistContext, launched_by_torchrun, setup
 from .flows.base import set_validation, validation_enabled
 from .ode import NFECounter
 
 __all__ = ["collect_regularization", "evaluate_nll", "evaluate_sequence_nll", "fit_density", "fit_model"]
 
 ArrayLike = Tensor | np.ndarray
+logger = logging.getLogger("ctflow.training")
 
 
 # ---------------------------------------------------------------------------------------------
@@ -359,6 +366,19 @@ def _check_batch(batch: Any, name: str) -> IrregularBatch:
     return batch
 
 
+def _dist_context(distributed: bool | None, device: torch.device) -> DistContext:
+    """The process group to train in: joined when launched by torchrun (or asked for)."""
+    if distributed is None:
+        distributed = launched_by_torchrun()
+    if not distributed:
+        return DistContext()
+    if not launched_by_torchrun():
+        raise ValueError(
+            "distributed=True needs a torchrun launch (RANK and WORLD_SIZE > 1 in the environment)"
+        )
+    return setup(device)
+
+
 def evaluate_sequence_nll(model: nn.Module, data: IrregularBatch, batch_size: int = 256) -> float:
     """NLL per observed value (nats) of ``model.nll_terms`` over all series of ``data``.
 
@@ -400,6 +420,11 @@ def fit_model(
     seed: int | None = None,
     verbose: bool = False,
     desc: str = "fit",
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
+    log_path: str | os.PathLike | None = None,
+    distributed: bool | None = None,
 ) -> dict[str, Any]:
     """Fit a sequence model (anything with ``loss(batch)`` and ``nll_terms(batch)``) to series.
 
@@ -409,6 +434,11 @@ def fit_model(
     (:func:`evaluate_sequence_nll`) is recorded; training stops after ``patience`` epochs without
     improvement and the best weights are restored. Other arguments and the returned history are
     as in :func:`fit_density` (history keys ``train_loss``, ``val_loss``, ``best_val_loss``).
+
+    Checkpoints, ``resume``, the JSON ``log_path`` and fault handling are described in
+    :func:`_train_loop`. ``distributed`` (default: when launched by ``torchrun`` with more than
+    one process) trains data-parallel: ``batch_size`` series per process and step, gradients
+    averaged with DistributedDataParallel, every rank ending with the same weights.
     """
     _check_model(model)
     train = _check_batch(train, "train")
@@ -429,9 +459,9 @@ def fit_model(
     dtype, device = _dtype_device(model)
     data = train.to(device, dtype)
 
-    def batch_loss(idx: Tensor) -> tuple[Tensor, Tensor | None]:
+    def batch_loss(idx: Tensor) -> tuple[Tensor, Tensor | None, Tensor]:
         batch = data.select(idx, trim=True)
-        return model.loss(batch), collect_regularization(model)
+        return model.loss(batch), collect_regularization(model), batch.mask.sum()
 
     val_loss = None
     if val is not None:
@@ -456,6 +486,11 @@ def fit_model(
         verbose=bool(verbose),
         desc=desc,
         loss_name="loss",
+        checkpoint=checkpoint,
+        checkpoint_every=checkpoint_every,
+        resume=resume,
+        log_path=log_path,
+        dist_ctx=_dist_context(distributed, device),
     )
 
 
@@ -464,11 +499,39 @@ def fit_model(
 # ---------------------------------------------------------------------------------------------
 
 
+class _Objective(nn.Module):
+    """``forward(indices)`` = the minibatch loss, so that DistributedDataParallel can wrap it."""
+
+    def __init__(self, module: nn.Module, batch_loss: Callable[[Tensor], Any]):
+        super().__init__()
+        self.module = module
+        self.batch_loss = batch_loss
+
+    def forward(self, idx: Tensor) -> tuple[Tensor, Tensor | None, Any]:
+        out = self.batch_loss(idx)
+        if not isinstance(out, tuple):
+            return out, None, None
+        if len(out) == 2:
+            return out[0], out[1], None
+        return out
+
+
+def _finite_parameters(module: nn.Module) -> bool:
+    return all(bool(torch.isfinite(p).all()) for p in module.parameters())
+
+
+def _write_json(path: Path, obj: Any) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(obj, indent=2, default=float))
+    os.replace(tmp, path)
+
+
 def _train_loop(
     module: nn.Module,
     *,
     n_train: int,
-    batch_loss: Callable[[Tensor], Tensor | tuple[Tensor, Tensor | None]],
+    batch_loss: Callable[[Tensor], Any],
     val_loss: Callable[[], float] | None,
     epochs: int,
     max_steps: int | None,
@@ -482,141 +545,317 @@ def _train_loop(
     verbose: bool,
     desc: str,
     loss_name: str,
+    checkpoint: str | os.PathLike | None = None,
+    checkpoint_every: int | None = None,
+    resume: bool = False,
+    log_path: str | os.PathLike | None = None,
+    dist_ctx: DistContext | None = None,
+    nonfinite_patience: int = 3,
+    nonfinite_lr_factor: float = 0.5,
 ) -> dict[str, Any]:
     """Minimise ``batch_loss(indices)`` over shuffled minibatches of ``range(n_train)``.
 
-    Arguments are as in :func:`fit_density` (already validated). ``batch_loss`` returns the loss
-    of a minibatch, or a pair ``(loss, penalty)`` (penalty ``None`` or a scalar tensor) of which
-    the sum is minimised while the loss and the penalty are logged apart. ``val_loss()`` returns
-    the validation loss of the current weights (lower is better); history keys use ``loss_name``.
+    ``batch_loss`` returns the loss of a minibatch, or ``(loss, penalty)``, or ``(loss, penalty,
+    weight)`` (penalty ``None`` or a scalar tensor; ``weight`` the number of units the loss
+    averages over, e.g. observed values, used to combine ranks exactly); the sum of loss and
+    penalty is minimised while the two are logged apart. ``val_loss()`` returns the validation
+    loss of the current weights (lower is better); history keys use ``loss_name``.
+
+    Faults: a step whose objective or gradient is not finite is skipped (the weights and the
+    optimizer state stay as they were) and logged; after ``nonfinite_patience`` consecutive
+    skipped steps the learning rate is multiplied by ``nonfinite_lr_factor``.
+
+    Checkpoints (``checkpoint``: a file path): every ``checkpoint_every`` steps (default: each
+    epoch) and at the end, the weights, optimizer state, loop counters, histories, best weights,
+    the epoch's data order and the RNG states are written atomically; a checkpoint is never
+    written while a weight is not finite. ``resume=True`` continues from the file if it exists
+    and reproduces the uninterrupted run exactly on CPU (a wall-clock ``time_limit`` makes the
+    schedule depend on timing, so then the continuation is faithful but not bit-identical).
+
+    Distributed (``dist_ctx`` with ``world_size > 1``): each rank takes its part of every global
+    batch of ``batch_size * world_size`` indices, the objective is wrapped in
+    DistributedDataParallel (rank 0's weights broadcast at the start, gradients averaged), each
+    rank's loss is weighted by its share of the batch's units so that the update equals that of
+    one process on the whole global batch, and rank 0 alone validates (the value is broadcast),
+    logs and writes checkpoints.
     """
+    dist_ctx = dist_ctx or DistContext()
+    world = dist_ctx.world_size
     params = [p for p in module.parameters() if p.requires_grad]
     if not params:
         raise ValueError("the model has no trainable parameters")
     _, device = _dtype_device(module)
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
-    steps_per_epoch = math.ceil(n_train / batch_size)
+    global_batch = batch_size * world
+    steps_per_epoch = math.ceil(n_train / global_batch)
+    if world > 1 and n_train % global_batch and n_train % global_batch < world:
+        steps_per_epoch = n_train // global_batch  # a last batch too small to give every rank a part
+    if steps_per_epoch < 1:
+        raise ValueError(f"{n_train} training items are too few for {world} processes")
     total_steps = epochs * steps_per_epoch
     if max_steps is not None:
         total_steps = min(total_steps, max_steps)
-    generator = torch.Generator()
     if seed is None:
-        generator.seed()
-    else:
-        generator.manual_seed(int(seed))
+        seed = int(torch.randint(2**62, ()).item())
+        if world > 1:  # every rank must draw the same data order
+            seed = int(dist_ctx.all_sum(seed if dist_ctx.is_main else 0))
+    generator = torch.Generator().manual_seed(int(seed))
     clip = grad_clip if grad_clip is not None else math.inf
     counters = [m for m in module.modules() if isinstance(m, NFECounter)]
-    nfe_forward = nfe_backward = backward_steps = 0
+    objective_module: nn.Module = _Objective(module, batch_loss)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
 
-    train_hist: list[float] = []
-    reg_hist: list[float] = []
-    val_hist: list[float] = []
-    best_val, best_epoch, best_state, bad_epochs = math.inf, None, None, 0
-    n_steps = skipped = attempted = 0
-    running = math.nan
-    postfix: dict[str, str] = {}
-    stop_reason = "epochs"
+        objective_module = DistributedDataParallel(
+            objective_module,
+            device_ids=[device.index] if device.type == "cuda" else None,
+            find_unused_parameters=True,
+        )
+    checkpoint_path = Path(checkpoint) if checkpoint is not None else None
+    if checkpoint_every is not None:
+        checkpoint_every = _positive_int(checkpoint_every, "checkpoint_every")
+    if resume and checkpoint_path is None:
+        raise ValueError("resume=True needs a checkpoint path")
+    log_file = Path(log_path) if log_path is not None else None
+
+    loop: dict[str, Any] = {
+        "epoch": 0,
+        "i": 0,
+        "attempted": 0,
+        "n_steps": 0,
+        "skipped": 0,
+        "consecutive_skips": 0,
+        "lr_factor": 1.0,
+        "lr_reductions": 0,
+        "best_val": math.inf,
+        "best_epoch": None,
+        "bad_epochs": 0,
+        "train_hist": [],
+        "reg_hist": [],
+        "val_hist": [],
+        "loss_sum": 0.0,
+        "loss_count": 0.0,
+        "reg_sum": 0.0,
+        "reg_count": 0.0,
+        "epoch_attempts": 0,
+        "running": math.nan,
+        "elapsed": 0.0,
+        "nfe_forward": 0,
+        "nfe_backward": 0,
+        "backward_steps": 0,
+        "stop_reason": "epochs",
+        "finished": False,
+    }
+    best_state: dict[str, Tensor] | None = None
+    perm: Tensor | None = None
+    if resume and checkpoint_path is not None and checkpoint_path.is_file():
+        state = load_checkpoint(checkpoint_path, map_location=device)
+        if state.get("kind") != "ctflow.training":
+            raise ValueError(f"{checkpoint_path} is not a ctflow training checkpoint")
+        module.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        loop.update(state["loop"])
+        best_state = state.get("best_state")
+        perm = state.get("perm")
+        generator.set_state(state["generator"])
+        restore_rng_state(state["rng"])
+
+    def write_checkpoint() -> None:
+        if checkpoint_path is None or not dist_ctx.is_main:
+            return
+        if not _finite_parameters(module):
+            logger.warning("not writing a checkpoint: some weights are not finite")
+            return
+        save_checkpoint(
+            checkpoint_path,
+            {
+                "kind": "ctflow.training",
+                "model": module.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "loop": dict(loop),
+                "best_state": best_state,
+                "perm": perm,
+                "generator": generator.get_state(),
+                "rng": capture_rng_state(),
+            },
+        )
+
     was_training = module.training
-    start = time.perf_counter()
+    start = time.perf_counter() - float(loop["elapsed"])
 
     def progress() -> float:
-        frac = attempted / total_steps
+        frac = loop["attempted"] / total_steps
         if time_limit is not None:
             frac = max(frac, (time.perf_counter() - start) / time_limit)
         return min(frac, 1.0)
 
+    postfix: dict[str, str] = {}
     module.train()
-    bar = tqdm(total=total_steps, desc=desc, disable=not verbose, leave=True, dynamic_ncols=True)
+    bar = tqdm(
+        total=total_steps,
+        initial=min(loop["attempted"], total_steps),
+        desc=desc,
+        disable=not (verbose and dist_ctx.is_main),
+        leave=True,
+        dynamic_ncols=True,
+    )
     try:
-        for _epoch in range(epochs):
-            perm = torch.randperm(n_train, generator=generator).to(device)
-            loss_sum, loss_count, epoch_attempts = 0.0, 0, 0
-            reg_sum, reg_count = 0.0, 0
-            for i in range(steps_per_epoch):
-                if attempted >= total_steps:
-                    stop_reason = "max_steps"
+        while not loop["finished"] and loop["epoch"] < epochs:
+            if perm is None or loop["i"] == 0:
+                perm = torch.randperm(n_train, generator=generator)
+                loop["i"] = 0
+            stop = None
+            while loop["i"] < steps_per_epoch:
+                frac = progress()
+                over_time = time_limit is not None and time.perf_counter() - start >= time_limit
+                if world > 1:  # rank 0's clock decides for everyone
+                    synced = dist_ctx.all_sum(
+                        torch.tensor([frac, float(over_time)]) * (1.0 if dist_ctx.is_main else 0.0)
+                    )
+                    frac, over_time = float(synced[0]), bool(synced[1] > 0)
+                if loop["attempted"] >= total_steps:
+                    stop = "max_steps"
                     break
-                if time_limit is not None and time.perf_counter() - start >= time_limit:
-                    stop_reason = "time_limit"
+                if over_time:
+                    stop = "time_limit"
                     break
                 for group in optimizer.param_groups:
-                    group["lr"] = lr * 0.5 * (1.0 + math.cos(math.pi * progress()))
-                attempted += 1
-                epoch_attempts += 1
+                    group["lr"] = lr * loop["lr_factor"] * 0.5 * (1.0 + math.cos(math.pi * frac))
+                i = loop["i"]
+                loop["i"] += 1
+                loop["attempted"] += 1
+                loop["epoch_attempts"] += 1
                 bar.update(1)
-                idx = perm[i * batch_size : (i + 1) * batch_size]
+                idx = dist_ctx.shard(perm[i * global_batch : (i + 1) * global_batch]).to(device)
                 optimizer.zero_grad(set_to_none=True)
                 fwd0, bwd0 = _nfe_counts(counters)
-                out = batch_loss(idx)
-                loss, penalty = out if isinstance(out, tuple) else (out, None)
+                loss, penalty, weight = objective_module(idx)
                 objective = loss if penalty is None else loss + penalty
+                if world > 1:
+                    w = float(weight) if weight is not None else float(len(idx))
+                    objective = objective * (world * w / float(dist_ctx.all_sum(w)))
                 fwd1, _ = _nfe_counts(counters)
-                nfe_forward += fwd1 - fwd0
-                if not bool(torch.isfinite(objective)):
-                    skipped += 1
-                    continue
-                objective.backward()
-                backward_steps += 1
-                nfe_backward += _nfe_counts(counters)[1] - bwd0
-                grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
-                if not bool(torch.isfinite(grad_norm)):
+                loop["nfe_forward"] += fwd1 - fwd0
+                finite = bool(torch.isfinite(objective))
+                if finite or world > 1:  # every rank joins the gradient all-reduce
+                    objective.backward()
+                    loop["backward_steps"] += 1
+                    loop["nfe_backward"] += _nfe_counts(counters)[1] - bwd0
+                    grad_norm = torch.nn.utils.clip_grad_norm_(params, clip)
+                    finite = bool(torch.isfinite(grad_norm))
+                if not finite:
                     optimizer.zero_grad(set_to_none=True)
-                    skipped += 1
+                    loop["skipped"] += 1
+                    loop["consecutive_skips"] += 1
+                    logger.warning(
+                        "%s: step %d skipped (non-finite loss or gradient)", desc, loop["attempted"]
+                    )
+                    if loop["consecutive_skips"] >= nonfinite_patience:
+                        loop["lr_factor"] *= nonfinite_lr_factor
+                        loop["lr_reductions"] += 1
+                        loop["consecutive_skips"] = 0
+                        logger.warning(
+                            "%s: %d non-finite steps in a row, learning rate scaled to %.3g x",
+                            desc,
+                            nonfinite_patience,
+                            loop["lr_factor"],
+                        )
                     continue
                 optimizer.step()
-                n_steps += 1
+                loop["consecutive_skips"] = 0
+                loop["n_steps"] += 1
                 value = float(loss.detach())
-                loss_sum += value * len(idx)
-                loss_count += len(idx)
+                units = len(idx)
+                loop["loss_sum"] += value * units
+                loop["loss_count"] += units
                 if penalty is not None:
-                    reg_sum += float(penalty.detach()) * len(idx)
-                    reg_count += len(idx)
-                running = value if math.isnan(running) else 0.95 * running + 0.05 * value
-                if verbose and n_steps % 10 == 0:
-                    postfix[loss_name] = f"{running:.4f}"
+                    loop["reg_sum"] += float(penalty.detach()) * units
+                    loop["reg_count"] += units
+                running = loop["running"]
+                loop["running"] = value if math.isnan(running) else 0.95 * running + 0.05 * value
+                if verbose and loop["n_steps"] % 10 == 0:
+                    postfix[loss_name] = f"{loop['running']:.4f}"
                     bar.set_postfix(postfix, refresh=False)
-            if epoch_attempts == 0:
+                if checkpoint_every is not None and loop["attempted"] % checkpoint_every == 0:
+                    loop["elapsed"] = time.perf_counter() - start
+                    write_checkpoint()
+            if loop["epoch_attempts"] == 0:
+                loop["stop_reason"] = stop or loop["stop_reason"]
                 break  # the budget ran out at an epoch boundary
-            train_hist.append(loss_sum / loss_count if loss_count else math.nan)
-            if reg_count:
-                reg_hist.append(reg_sum / reg_count)
+            count = loop["loss_count"]
+            loop["train_hist"].append(loop["loss_sum"] / count if count else math.nan)
+            if loop["reg_count"]:
+                loop["reg_hist"].append(loop["reg_sum"] / loop["reg_count"])
             if val_loss is not None:
-                v = val_loss()
-                val_hist.append(v)
-                if math.isfinite(v) and v < best_val:
-                    best_val, best_epoch, bad_epochs = v, len(val_hist) - 1, 0
+                v = val_loss() if dist_ctx.is_main else 0.0
+                if world > 1:
+                    v = float(dist_ctx.all_sum(v))
+                loop["val_hist"].append(v)
+                if math.isfinite(v) and v < loop["best_val"]:
+                    loop["best_val"], loop["best_epoch"], loop["bad_epochs"] = v, len(loop["val_hist"]) - 1, 0
                     best_state = {k: t.detach().clone() for k, t in module.state_dict().items()}
                 else:
-                    bad_epochs += 1
+                    loop["bad_epochs"] += 1
                 if verbose:
                     postfix[f"val_{loss_name}"] = f"{v:.4f}"
                     bar.set_postfix(postfix)
-            if stop_reason != "epochs":
-                break
-            if loss_count == 0:
-                stop_reason = "non_finite"
-                break
-            if patience is not None and bad_epochs >= patience:
-                stop_reason = "early_stopping"
-                break
-        if stop_reason == "epochs" and max_steps is not None and attempted >= max_steps:
-            stop_reason = "max_steps"
+            if log_file is not None and dist_ctx.is_main:
+                _write_json(
+                    log_file,
+                    {
+                        "epochs": len(loop["train_hist"]),
+                        f"train_{loss_name}": loop["train_hist"],
+                        f"val_{loss_name}": loop["val_hist"],
+                        "skipped_steps": loop["skipped"],
+                        "lr_reductions": loop["lr_reductions"],
+                        "seconds": time.perf_counter() - start,
+                    },
+                )
+            epoch_count = loop["loss_count"]
+            loop.update(
+                epoch=loop["epoch"] + 1,
+                i=0,
+                loss_sum=0.0,
+                loss_count=0.0,
+                reg_sum=0.0,
+                reg_count=0.0,
+                epoch_attempts=0,
+            )
+            if stop is not None:
+                loop["stop_reason"] = stop
+                loop["finished"] = True
+            elif epoch_count == 0:
+                loop["stop_reason"] = "non_finite"
+                loop["finished"] = True
+            elif patience is not None and loop["bad_epochs"] >= patience:
+                loop["stop_reason"] = "early_stopping"
+                loop["finished"] = True
+            loop["elapsed"] = time.perf_counter() - start
+            if checkpoint_every is None or loop["finished"] or loop["epoch"] >= epochs:
+                write_checkpoint()
+        if loop["stop_reason"] == "epochs" and max_steps is not None and loop["attempted"] >= max_steps:
+            loop["stop_reason"] = "max_steps"
     finally:
         bar.close()
         module.train(was_training)
     if best_state is not None:
         module.load_state_dict(best_state)
+    attempted, backward_steps = loop["attempted"], loop["backward_steps"]
     return {
-        f"train_{loss_name}": train_hist,
-        "train_regularization": reg_hist,
-        f"val_{loss_name}": val_hist,
-        f"best_val_{loss_name}": best_val if best_state is not None else None,
-        "best_epoch": best_epoch,
-        "epochs": len(train_hist),
-        "n_steps": n_steps,
-        "skipped_steps": skipped,
+        f"train_{loss_name}": loop["train_hist"],
+        "train_regularization": loop["reg_hist"],
+        f"val_{loss_name}": loop["val_hist"],
+        f"best_val_{loss_name}": loop["best_val"] if best_state is not None else None,
+        "best_epoch": loop["best_epoch"],
+        "epochs": len(loop["train_hist"]),
+        "n_steps": loop["n_steps"],
+        "skipped_steps": loop["skipped"],
+        "lr_reductions": loop["lr_reductions"],
         "seconds": time.perf_counter() - start,
-        "stop_reason": stop_reason,
-        "nfe_forward_per_step": nfe_forward / attempted if counters and attempted else None,
-        "nfe_backward_per_step": nfe_backward / backward_steps if counters and backward_steps else None,
+        "stop_reason": loop["stop_reason"],
+        "world_size": world,
+        "nfe_forward_per_step": loop["nfe_forward"] / attempted if counters and attempted else None,
+        "nfe_backward_per_step": (
+            loop["nfe_backward"] / backward_steps if counters and backward_steps else None
+        ),
     }
