@@ -47,6 +47,8 @@ CONFIGS: dict[str, dict[str, Any]] = {
             "lr": 3e-3,
             "batch_size": 32,
             "emission": "mixlogistic",
+            "hidden_size": 64,
+            "p_hidden": 64,
             "time_limit": 240.0,
         },
     },
