@@ -156,17 +156,23 @@ class LatentODE(nn.Module):
     def prior_log_prob(self, z: Tensor) -> Tensor:
         return -0.5 * (z.square() + _LOG_2PI).sum(-1)
 
+    def _observation_steps(
+        self, batch: IrregularBatch, ref: Tensor
+    ) -> tuple[Tensor, Tensor, Tensor, list[int | None]]:
+        """Values, mask, the intervals ``(B, N)`` from time 0 to each observation and their step plan."""
+        times = batch.times.to(ref)
+        values, mask = batch.values.to(ref), batch.mask.to(ref)
+        dts = torch.diff(torch.cat([times.new_zeros(times.shape[0], 1), times], dim=1), dim=1)
+        if dts.numel() and float(dts.min()) < 0:
+            raise ValueError(f"observation times must be >= 0 (a {type(self).__name__} starts at time 0)")
+        return values, mask, dts, fixed_step_plan(dts, self.solver)
+
     def decode(self, z0: Tensor, batch: IrregularBatch) -> tuple[Tensor, Tensor]:
         """``log p(x | z0)`` ``(S, B)`` of each series' observations under draws ``z0 (S, B, L)``,
         and the latent state at each series' last observation ``(S, B, L)``."""
         s, b, L = z0.shape
         ref = z0
-        times = batch.times.to(ref)
-        values, mask = batch.values.to(ref), batch.mask.to(ref)
-        dts = torch.diff(torch.cat([times.new_zeros(b, 1), times], dim=1), dim=1)
-        if dts.numel() and float(dts.min()) < 0:
-            raise ValueError("observation times must be >= 0 (the latent ODE starts at time 0)")
-        plan = fixed_step_plan(dts, self.solver)
+        values, mask, dts, plan = self._observation_steps(batch, ref)
         z = z0.reshape(s * b, L)
         log_lik = ref.new_zeros(s * b)
         for k, n_steps in enumerate(plan):

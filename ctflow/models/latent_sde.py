@@ -104,12 +104,7 @@ class LatentSDE(LatentODE):
         log-ratio ``log dP/dQ`` (each ``(S, B)``) and the latent state at the last observation."""
         s, b, L = z0.shape
         ref = z0
-        times = batch.times.to(ref)
-        values, mask = batch.values.to(ref), batch.mask.to(ref)
-        dts = torch.diff(torch.cat([times.new_zeros(b, 1), times], dim=1), dim=1)
-        if dts.numel() and float(dts.min()) < 0:
-            raise ValueError("observation times must be >= 0 (the latent SDE starts at time 0)")
-        plan = fixed_step_plan(dts, self.solver)
+        values, mask, dts, plan = self._observation_steps(batch, ref)
         y = torch.cat([z0.reshape(s * b, L), ref.new_zeros(s * b, 2)], dim=-1)
         log_lik = ref.new_zeros(s * b)
         for k, n_steps in enumerate(plan):
