@@ -260,8 +260,20 @@ EMISSIONS = {
 }
 
 
+# Flow names of the builders that denote the same emission.
+EMISSION_ALIASES = {"mixlogcdf": "mixlogistic", "flowpp": "mixlogistic"}
+
+
 def make_emission(name: str, dim: int, context_dim: int, **options) -> MaskedEmission:
-    """An emission by name: ``gaussian``, ``mixlogistic`` (per-variable flows), ``maf`` (joint flow)."""
-    if name not in EMISSIONS:
-        raise ValueError(f"unknown emission {name!r}; valid: {', '.join(EMISSIONS)}")
-    return EMISSIONS[name](dim, context_dim, **options)
+    """An emission by name: ``gaussian``, ``mixlogistic`` (per-variable flows; also ``mixlogcdf``
+    or ``flowpp``), ``maf`` (joint flow)."""
+    if not isinstance(name, str):
+        raise TypeError(f"emission must be a name, got {type(name).__name__}")
+    key = EMISSION_ALIASES.get(name.lower(), name.lower())
+    if key not in EMISSIONS:
+        valid = ", ".join([*EMISSIONS, *EMISSION_ALIASES])
+        raise ValueError(
+            f"unknown emission {name!r}; valid: {valid} (an emission must give an exact density over "
+            "every subset of observed variables, which these constructions do)"
+        )
+    return EMISSIONS[key](dim, context_dim, **options)
