@@ -1,5 +1,8 @@
 """Command line: ``python -m ctflow.image train --model glow --data digits --epochs 5 --out runs/glow``.
 
+Under ``torchrun --nproc_per_node=N -m ctflow.image train ...`` training is data-parallel with
+``--batch-size`` images per process (see :mod:`ctflow.image.train`).
+
 :func:`add_image_parser` adds the ``image`` command (with its ``train`` subcommand) to any argparse
 subparsers object, so a parent command can expose ``... image train ...``; :func:`main` is the
 stand-alone entry point.
@@ -49,7 +52,9 @@ def add_image_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
 
 
 def run_train(args: argparse.Namespace) -> int:
-    """Run ``image train`` from parsed arguments; prints a JSON summary."""
+    """Run ``image train`` from parsed arguments; prints a JSON summary (rank 0 under ``torchrun``)."""
+    from ctflow.distributed import teardown
+
     from .train import TrainConfig, train
 
     config = TrainConfig(
@@ -70,9 +75,13 @@ def run_train(args: argparse.Namespace) -> int:
         temperature=args.temperature,
         progress=not args.no_progress,
     )
-    summary = train(config)
-    keys = ("epoch", "step", "test_bpd", "skipped_steps", "seconds", "parameters")
-    print(json.dumps({k: summary[k] for k in keys}))
+    try:
+        summary = train(config)
+    finally:
+        teardown()
+    if summary["rank"] == 0:
+        keys = ("epoch", "step", "test_bpd", "skipped_steps", "seconds", "parameters", "world_size")
+        print(json.dumps({k: summary[k] for k in keys}))
     return 0
 
 

@@ -1,8 +1,9 @@
 """Dequantization: uniform noise, or variational noise from a conditional flow ``q(u | x)``.
 
-Both are called as ``dequantizer(x_scaled) -> (u, log q(u | x))`` with ``x_scaled`` the image in
-``[0, 1]`` and ``u`` in ``[0, 1)^D`` of the same shape; see :mod:`ctflow.image.model` for how the
-noise enters the bound.
+Both are called as ``dequantizer(x_scaled, noise=None) -> (u, log q(u | x))`` with ``x_scaled`` the
+image in ``[0, 1]`` and ``u`` in ``[0, 1)^D`` of the same shape; see :mod:`ctflow.image.model` for how
+the noise enters the bound. ``noise`` (from :meth:`sample_noise`, drawn when not given) is the
+random input, so that a batch can be split without changing the draws of its images.
 """
 
 from __future__ import annotations
@@ -26,8 +27,13 @@ __all__ = ["UniformDequantizer", "VariationalDequantizer"]
 class UniformDequantizer(nn.Module):
     """``u ~ U[0, 1)^D`` with ``log q = 0`` (Theis, van den Oord & Bethge 2016)."""
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return torch.rand_like(x), x.new_zeros(x.shape[0])
+    def sample_noise(self, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
+        """The random input of a batch of ``shape``: ``U[0, 1)``."""
+        return torch.rand(shape, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        u = torch.rand_like(x) if noise is None else noise
+        return u, x.new_zeros(x.shape[0])
 
 
 class VariationalDequantizer(nn.Module):
@@ -63,8 +69,12 @@ class VariationalDequantizer(nn.Module):
             steps += [ActNorm(c), MixtureCDFCoupling(mask, conditioner=net, n_components=n_components)]
         self.flow = Compose(steps)
 
-    def forward(self, x: Tensor) -> tuple[Tensor, Tensor]:
-        return self.transform_noise(x, torch.randn_like(x))
+    def sample_noise(self, shape: tuple[int, ...], device: torch.device, dtype: torch.dtype) -> Tensor:
+        """The random input of a batch of ``shape``: ``eps ~ N(0, I)``."""
+        return torch.randn(shape, device=device, dtype=dtype)
+
+    def forward(self, x: Tensor, noise: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        return self.transform_noise(x, torch.randn_like(x) if noise is None else noise)
 
     def transform_noise(self, x: Tensor, eps: Tensor) -> tuple[Tensor, Tensor]:
         """``u`` in ``(0, 1)`` and ``log q(u | x)`` for given standard normal noise ``eps``."""

@@ -112,21 +112,38 @@ class ImageFlow(nn.Module):
         z, ladj = self.transform(y)
         return self.base.log_prob(z) + ladj
 
-    def dequantize(self, k: Tensor, levels: int | None = None) -> tuple[Tensor, Tensor]:
-        """``y = (k + u) / levels`` and ``log q(u | k)`` for integer levels ``k``."""
+    def dequantization_noise(self, n: int) -> Tensor:
+        """The dequantizer's random input for ``n`` images (what :meth:`log_prob` draws by itself)."""
+        sample = getattr(self.dequantizer, "sample_noise", None)
+        if sample is None:
+            raise TypeError(f"{type(self.dequantizer).__name__} has no sample_noise method")
+        return sample((n, *self.shape), device=self._anchor.device, dtype=self._anchor.dtype)
+
+    def dequantize(
+        self, k: Tensor, levels: int | None = None, noise: Tensor | None = None
+    ) -> tuple[Tensor, Tensor]:
+        """``y = (k + u) / levels`` and ``log q(u | k)`` for integer levels ``k``.
+
+        ``noise`` fixes the dequantizer's random input (see :meth:`log_prob`).
+        """
         levels = self.levels if levels is None else levels
         k = k.to(device=self._anchor.device, dtype=self._anchor.dtype)
-        u, log_q = self.dequantizer(k / (levels - 1))
+        if noise is None:
+            u, log_q = self.dequantizer(k / (levels - 1))
+        else:
+            u, log_q = self.dequantizer(k / (levels - 1), noise=noise)
         return (k + u) / levels, log_q
 
-    def log_prob(self, x: Tensor, levels: int | None = None) -> Tensor:
+    def log_prob(self, x: Tensor, levels: int | None = None, noise: Tensor | None = None) -> Tensor:
         """Dequantization lower bound on ``log P(x)`` of discrete images, in nats: shape ``(batch,)``.
 
         ``x`` holds integer levels ``0 .. levels-1`` or floats ``k / (levels - 1)`` in ``[0, 1]``.
+        ``noise`` (from :meth:`dequantization_noise`, same shape as ``x``) fixes the dequantization
+        draw; by default it is drawn here.
         """
         self._check(x)
         levels = self.levels if levels is None else levels
-        y, log_q = self.dequantize(to_levels(x, levels), levels)
+        y, log_q = self.dequantize(to_levels(x, levels), levels, noise)
         return self.log_prob_continuous(y) - log_q - self.dim * math.log(levels)
 
     @torch.no_grad()
@@ -142,11 +159,18 @@ class ImageFlow(nn.Module):
         return y.clamp(0.0, 1.0)
 
 
-def bits_per_dim(model: ImageFlow, x: Tensor, n_bits: int | None = None, levels: int | None = None) -> Tensor:
+def bits_per_dim(
+    model: ImageFlow,
+    x: Tensor,
+    n_bits: int | None = None,
+    levels: int | None = None,
+    noise: Tensor | None = None,
+) -> Tensor:
     """Bits per dimension of discrete images under ``model``: shape ``(batch,)``.
 
     ``(-log p(y) - (-log q(u | x)) + D log(levels)) / (D ln 2)`` with ``levels = 2**n_bits`` (or
     ``levels`` given directly, e.g. 17 for digits, or the model's own when neither is given).
+    ``noise`` fixes the dequantization draw (see :meth:`ImageFlow.log_prob`).
     """
     if n_bits is not None and levels is not None:
         raise ValueError("give n_bits or levels, not both")
@@ -154,4 +178,7 @@ def bits_per_dim(model: ImageFlow, x: Tensor, n_bits: int | None = None, levels:
         if isinstance(n_bits, bool) or not isinstance(n_bits, int) or n_bits < 1:
             raise ValueError(f"n_bits must be a positive int, got {n_bits!r}")
         levels = 2**n_bits
-    return -model.log_prob(x, levels=levels) / (model.dim * math.log(2.0))
+    log_p = (
+        model.log_prob(x, levels=levels) if noise is None else model.log_prob(x, levels=levels, noise=noise)
+    )
+    return -log_p / (model.dim * math.log(2.0))

@@ -10,6 +10,17 @@
   forked RNG streams, so an interrupted and resumed run takes the same steps as an uninterrupted one.
 
 A step whose loss or gradient norm is not finite is skipped: the weights are not updated.
+
+Under ``torchrun --nproc_per_node=N`` the run is data-parallel (:mod:`ctflow.distributed`: gloo on
+CPU, NCCL with ``cuda:LOCAL_RANK``). Every global batch of ``N * batch_size`` images is split into
+contiguous per-rank parts; every rank draws the dequantization noise of the whole global batch and
+uses its part, data-dependent initialisation (ActNorm) runs on the whole first global batch on
+every rank before the objective is wrapped in DistributedDataParallel, and each rank's loss is
+weighted by its share of the images, so the updates are those of one process with
+``batch_size * N``. Skipping decisions are taken on all-reduced values and time-limit stops by
+rank 0, so all ranks stay in step and end with the same weights; rank 0 alone evaluates (the value
+is broadcast), writes the log, samples and checkpoints, and every rank reads the checkpoint on
+``resume``.
 """
 
 from __future__ import annotations
@@ -27,10 +38,12 @@ from typing import Any
 
 import numpy as np
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 from tqdm import tqdm
 
 from ctflow.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from ctflow.distributed import DistContext, setup
+from ctflow.flows.glow import ActNorm
 
 from . import MODELS, ImageFlow, bits_per_dim, build_image_flow
 from .data import ImageData, load_image_data
@@ -88,11 +101,13 @@ def resolve_device(device: str | torch.device) -> torch.device:
 
 
 @contextlib.contextmanager
-def _forked_rng(device: torch.device, seed: int) -> Iterator[None]:
-    """Run a block on its own seeded RNG stream, leaving the training stream untouched."""
+def _forked_rng(device: torch.device, seed: int | None) -> Iterator[None]:
+    """Run a block on its own RNG stream (seeded, or a copy of the current one for ``None``),
+    leaving the training stream untouched."""
     devices = [device] if device.type == "cuda" else []
     with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
+        if seed is not None:
+            torch.manual_seed(seed)
         yield
 
 
@@ -164,6 +179,30 @@ def _identity(config: TrainConfig) -> dict[str, Any]:
     return {"model": config.model, "data": str(config.data), "architecture": config.architecture()}
 
 
+class _MeanBitsPerDim(nn.Module):
+    """The training objective as a module (mean bits/dim of a batch), so that DistributedDataParallel
+    sees the model's forward pass and averages its gradients."""
+
+    def __init__(self, model: ImageFlow, levels: int):
+        super().__init__()
+        self.model = model
+        self.levels = levels
+
+    def forward(self, x: Tensor, noise: Tensor) -> Tensor:
+        return bits_per_dim(self.model, x, levels=self.levels, noise=noise).float().mean()
+
+
+def _needs_data_init(model: nn.Module) -> bool:
+    return any(isinstance(m, ActNorm) and not bool(m.initialized) for m in model.modules())
+
+
+def _rank0_decides(ctx: DistContext, flag: bool, device: torch.device) -> bool:
+    """Rank 0's ``flag`` on every rank."""
+    if not ctx.enabled:
+        return flag
+    return bool(ctx.all_sum(float(flag) if ctx.is_main else 0.0, device) > 0)
+
+
 def train(config: TrainConfig, data: ImageData | None = None) -> dict[str, Any]:
     """Train ``config.model`` on ``config.data`` (or the given ``data``); returns a summary dict."""
     if config.model not in MODELS:
@@ -171,9 +210,22 @@ def train(config: TrainConfig, data: ImageData | None = None) -> dict[str, Any]:
     if config.epochs < 1 or config.batch_size < 1:
         raise ValueError("epochs and batch_size must be positive")
     device = resolve_device(config.device)
+    ctx = setup(device)
+    if ctx.enabled and device.type == "cuda":
+        device = torch.device("cuda", ctx.local_rank)
+    world = ctx.world_size
     out = Path(config.out)
-    out.mkdir(parents=True, exist_ok=True)
+    if ctx.is_main:
+        out.mkdir(parents=True, exist_ok=True)
     data = data if data is not None else load_image_data(config.data)
+    train_x = data.train
+    n = train_x.shape[0]
+    global_batch = config.batch_size * world
+    n_batches = math.ceil(n / global_batch)
+    if world > 1 and n % global_batch and n % global_batch < world:
+        n_batches = n // global_batch  # a last batch too small to give every rank a part
+    if n_batches < 1:
+        raise ValueError(f"{n} training images are too few for {world} processes")
     _seed_all(config.seed)
     model = build_image_flow(config.model, data.shape, data.levels, **config.architecture()).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
@@ -185,32 +237,54 @@ def train(config: TrainConfig, data: ImageData | None = None) -> dict[str, Any]:
         state = load_checkpoint(out / CHECKPOINT, map_location=device)
         if state["identity"] != _identity(config):
             raise ValueError(f"checkpoint in {out} was made for {state['identity']}, not {_identity(config)}")
+        saved_batch = state.get("global_batch", config.batch_size)
+        if state["batch"] and saved_batch != global_batch:
+            raise ValueError(
+                f"checkpoint in {out} stopped mid-epoch with global batches of {saved_batch} images; "
+                f"resume with batch_size x processes = {saved_batch}, not {global_batch}"
+            )
         model.load_state_dict(state["model"])
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         restore_rng_state(state["rng"])
+        if device.type == "cuda" and "device_rng" in state:
+            torch.cuda.set_rng_state(state["device_rng"].cpu(), device)
         epoch, batch_start, step = state["epoch"], state["batch"], state["step"]
-        if (out / LOG).is_file():
+        if ctx.is_main and (out / LOG).is_file():
             log = json.loads((out / LOG).read_text())
 
     def checkpoint(epoch_: int, batch_: int) -> None:
-        save_checkpoint(
-            out / CHECKPOINT,
-            {
-                "identity": _identity(config),
-                "model": model.state_dict(),
-                "optimizer": optimizer.state_dict(),
-                "scheduler": scheduler.state_dict(),
-                "rng": capture_rng_state(),
-                "epoch": epoch_,
-                "batch": batch_,
-                "step": step,
-            },
+        state = {
+            "identity": _identity(config),
+            "model": model.state_dict(),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": capture_rng_state(),
+            "epoch": epoch_,
+            "batch": batch_,
+            "step": step,
+            "global_batch": global_batch,
+        }
+        if device.type == "cuda":  # the generator that draws the noise (the same on every rank)
+            state["device_rng"] = torch.cuda.get_rng_state(device)
+        save_checkpoint(out / CHECKPOINT, state)
+
+    objective: nn.Module = _MeanBitsPerDim(model, data.levels)
+    if world > 1:
+        from torch.nn.parallel import DistributedDataParallel
+
+        if epoch < config.epochs and _needs_data_init(model):
+            # Data-dependent initialisation on the whole first global batch, with the noise the
+            # first step will draw, on every rank: the parameters one process would get.
+            first = _epoch_order(n, config.seed, epoch)[batch_start * global_batch :][:global_batch]
+            model.train()
+            with _forked_rng(device, None), torch.no_grad(), _autocast(device, config.bf16):
+                noise = model.dequantization_noise(len(first))
+                model.log_prob(train_x[first].to(device), data.levels, noise=noise)
+        objective = DistributedDataParallel(
+            objective, device_ids=[device.index] if device.type == "cuda" else None
         )
 
-    train_x = data.train
-    n = train_x.shape[0]
-    n_batches = math.ceil(n / config.batch_size)
     params = [p for p in model.parameters() if p.requires_grad]
     t0 = time.perf_counter()
     stopped = False
@@ -223,62 +297,77 @@ def train(config: TrainConfig, data: ImageData | None = None) -> dict[str, Any]:
         bar = tqdm(
             range(batch_start, n_batches),
             desc=f"{config.model} epoch {epoch + 1}/{config.epochs}",
-            disable=not config.progress,
+            disable=not (config.progress and ctx.is_main),
             leave=False,
         )
         for b in bar:
             t_step = time.perf_counter()
-            idx = order[b * config.batch_size : (b + 1) * config.batch_size]
+            batch = order[b * global_batch : (b + 1) * global_batch]
+            idx = ctx.shard(batch)
             x = train_x[idx].to(device, non_blocking=True)
+            noise = ctx.shard(model.dequantization_noise(len(batch)))
             with _autocast(device, config.bf16):
-                loss = bits_per_dim(model, x, levels=data.levels).float().mean()
+                loss = objective(x, noise)
             optimizer.zero_grad(set_to_none=True)
             ok = bool(torch.isfinite(loss))
-            if ok:
-                loss.backward()
+            if ok or world > 1:  # every rank joins the gradient all-reduce
+                # DDP averages over ranks: weighting by the rank's share gives the global mean.
+                (loss * (world * len(idx) / len(batch)) if world > 1 else loss).backward()
                 norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-                ok = bool(torch.isfinite(norm))
-            if ok:
+                ok = ok and bool(torch.isfinite(norm))
+            total, failed = ctx.all_sum([float(loss.detach()) * len(idx), float(not ok)], device).tolist()
+            if failed == 0:
                 optimizer.step()
                 scheduler.step()
-                running += float(loss.detach())
+                running += total / len(batch)
                 counted += 1
             else:
                 optimizer.zero_grad(set_to_none=True)
                 skipped += 1
-            images_seen += x.shape[0]
+            images_seen += len(batch)
             train_seconds += time.perf_counter() - t_step
             step += 1
             if counted:
                 bar.set_postfix(bpd=f"{running / counted:.3f}")
-            if config.time_limit is not None and time.perf_counter() - t0 > config.time_limit:
+            over = config.time_limit is not None and time.perf_counter() - t0 > config.time_limit
+            if config.time_limit is not None and _rank0_decides(ctx, over, device):
                 stopped = b + 1 < n_batches
                 batch_start = b + 1
                 break
         bar.close()
         finished_epoch = batch_start >= n_batches or not stopped
-        test_bpd = evaluate_bpd(model, data.test, data.levels, config.eval_batch_size, bf16=config.bf16)
-        log.append(
-            {
-                "epoch": epoch + 1,
-                "complete": finished_epoch,
-                "step": step,
-                "train_bpd": running / counted if counted else None,
-                "test_bpd": test_bpd,
-                "seconds": time.perf_counter() - t0,
-                "skipped_steps": skipped,
-            }
-        )
-        _write_json(out / LOG, log)
-        with _forked_rng(device, config.seed + 1):
-            samples = model.sample(config.n_samples, temperature=config.temperature)
-        save_sample_grid(samples, out / SAMPLES, data.levels)
+        if ctx.is_main:
+            test_bpd = evaluate_bpd(model, data.test, data.levels, config.eval_batch_size, bf16=config.bf16)
+        if world > 1:  # rank 0's value on every rank
+            test_bpd = float(ctx.all_sum(test_bpd if ctx.is_main else 0.0, device))
+        if ctx.is_main:
+            log.append(
+                {
+                    "epoch": epoch + 1,
+                    "complete": finished_epoch,
+                    "step": step,
+                    "train_bpd": running / counted if counted else None,
+                    "test_bpd": test_bpd,
+                    "seconds": time.perf_counter() - t0,
+                    "skipped_steps": skipped,
+                }
+            )
+            _write_json(out / LOG, log)
+            with _forked_rng(device, config.seed + 1):
+                samples = model.sample(config.n_samples, temperature=config.temperature)
+            save_sample_grid(samples, out / SAMPLES, data.levels)
         if finished_epoch:
             epoch, batch_start = epoch + 1, 0
-        checkpoint(epoch, batch_start)
-        if config.time_limit is not None and time.perf_counter() - t0 > config.time_limit:
+        if ctx.is_main:
+            checkpoint(epoch, batch_start)
+        over = config.time_limit is not None and time.perf_counter() - t0 > config.time_limit
+        if config.time_limit is not None and _rank0_decides(ctx, over, device):
             stopped = True
-    _write_json(out / "config.json", {**asdict(config), "device": str(device), "levels_data": data.levels})
+    if ctx.is_main:
+        _write_json(
+            out / "config.json", {**asdict(config), "device": str(device), "levels_data": data.levels}
+        )
+    ctx.barrier()  # the files are written when train returns on any rank
     return {
         "epoch": epoch,
         "step": step,
@@ -288,6 +377,8 @@ def train(config: TrainConfig, data: ImageData | None = None) -> dict[str, Any]:
         "train_seconds": train_seconds,
         "images_per_second": images_seen / train_seconds if train_seconds else float("nan"),
         "parameters": sum(p.numel() for p in model.parameters()),
+        "rank": ctx.rank,
+        "world_size": world,
         "model": model,
         "optimizer": optimizer,
     }
