@@ -311,8 +311,15 @@ class Forecaster(BaseEstimator):
                 if means is not None:
                     m = model.predict(state, qt).mean()[local, grid.slot[sel]].double().cpu().numpy()
                     means[sel] = scaling.values_from_model(m)
-        if not np.isfinite(out).all() or (means is not None and not np.isfinite(means).all()):
-            raise FloatingPointError("the model produced non-finite forecasts (diverged weights?)")
+        bad = ~np.isfinite(out).all((0, 2))
+        if means is not None:
+            bad |= ~np.isfinite(means).all(1)
+        if bad.any():
+            series = pd.unique(context.ids[grid.series[bad]]).tolist()
+            raise ValueError(
+                f"the forecasts of series {series[:5]} are not finite: their context lies too far "
+                "outside the training data, or the model's weights diverged"
+            )
         return out, means
 
     def _n(self, n_samples: int | None) -> int:
@@ -338,10 +345,11 @@ class Forecaster(BaseEstimator):
         context = self._context(df)
         grid = self._queries(context, times, horizon)
         n = self._n(n_samples)
+        queries = self._query_frame(context, grid)
         with _seeded(self._seed(seed), self.device_):
             samples, means = self._simulate(context, grid, n, bool(paths), want_mean=True)
         return Forecast(
-            self._query_frame(context, grid),
+            queries,
             self.value_cols_,
             samples,
             means,
@@ -357,12 +365,11 @@ class Forecaster(BaseEstimator):
         """Point forecasts (predictive means): id, time and one column per variable, one row per query."""
         context = self._context(df)
         grid = self._queries(context, times, horizon)
+        out = self._query_frame(context, grid)
         with _seeded(self._seed(None), self.device_):
             _, means = self._simulate(context, grid, 1, False, want_mean=True)
-        out = self._query_frame(context, grid)
-        for d, col in enumerate(self.value_cols_):
-            out[col] = means[:, d]
-        return out
+        values = pd.DataFrame(means, columns=pd.Index(self.value_cols_, dtype=object))
+        return pd.concat([out, values], axis=1)
 
     def predict_quantiles(
         self,
@@ -410,7 +417,13 @@ class Forecaster(BaseEstimator):
         nll = evaluate_sequence_nll(self.model_, batch)
         counts = batch.mask.double().sum((0, 1)).numpy()
         log_jacobian = float((counts * np.log(self.scaling_.scale)).sum() / counts.sum())
-        return -nll - log_jacobian
+        score = -nll - log_jacobian
+        if not math.isfinite(score):
+            raise ValueError(
+                f"the log-likelihood of df is not finite ({score}): its values lie too far outside "
+                "the training data"
+            )
+        return score
 
     # ------------------------------------------------------------------ persistence
     def _config(self) -> dict[str, Any]:

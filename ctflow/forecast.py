@@ -98,10 +98,7 @@ class Forecast:
         return self.samples.shape[0]
 
     def _frame(self, columns: dict[str, np.ndarray]) -> pd.DataFrame:
-        out = self.queries.copy()
-        for name, value in columns.items():
-            out[name] = value
-        return out
+        return pd.concat([self.queries, pd.DataFrame(columns, index=self.queries.index)], axis=1)
 
     @property
     def mean(self) -> pd.DataFrame:
@@ -128,10 +125,11 @@ class Forecast:
     def interval(self, coverage: float | Sequence[float] = (0.8, 0.95)) -> pd.DataFrame:
         """Central intervals: per variable and coverage, ``{variable}_lower_{pct}`` and ``_upper_``."""
         levels = check_coverage(coverage)
+        bounds = {c: self.quantile_array([(1 - c) / 2, (1 + c) / 2]) for c in levels}
         columns: dict[str, np.ndarray] = {}
         for d, v in enumerate(self.variables):
             for c in levels:
-                lo, hi = self.quantile_array([(1 - c) / 2, (1 + c) / 2])[:, :, d]
+                lo, hi = bounds[c][:, :, d]
                 columns[f"{v}_lower_{_label(c)}"] = lo
                 columns[f"{v}_upper_{_label(c)}"] = hi
         return self._frame(columns)

@@ -23,8 +23,27 @@ from .timecodec import TimeCodec
 __all__ = ["PreparedSeries", "QueryGrid", "Scaling", "check_frame", "prepare_series", "query_grid"]
 
 
+# Model times are float32: beyond 2**24 typical gaps from a series' start they no longer resolve one gap.
+MAX_MODEL_TIME = float(2**24)
+_FLOAT32_MAX = float(np.finfo(np.float32).max)
+
+
 def _show(value: Any) -> str:
     return repr(value.item() if isinstance(value, np.generic) else value)
+
+
+def _check_hashable(column: pd.Series, role: str, col: Any, name: str) -> None:
+    """A TypeError naming the first row whose value cannot serve as a key (lists, dicts, ...)."""
+    if column.dtype != object:
+        return
+    for row, value in zip(column.index, column.to_numpy(), strict=True):
+        try:
+            hash(value)
+        except TypeError:
+            raise TypeError(
+                f"{name}: {role} column {col!r} holds an unhashable {type(value).__name__} at row "
+                f"{_show(row)}; ids must be numbers, strings or other hashable values"
+            ) from None
 
 
 def check_frame(
@@ -36,6 +55,11 @@ def check_frame(
     """
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"{name} must be a pandas DataFrame, got {type(df).__name__}")
+    for arg, col in (("id_col", id_col), ("time_col", time_col)):
+        try:
+            hash(col)
+        except TypeError:
+            raise TypeError(f"{arg} must be a column name, got {type(col).__name__} {col!r}") from None
     if len(df) == 0:
         raise ValueError(f"{name} is empty (no rows)")
     if df.columns.duplicated().any():
@@ -52,6 +76,13 @@ def check_frame(
         if isinstance(value_cols, str):
             value_cols = [value_cols]
         values = list(value_cols)
+        for col in values:
+            try:
+                hash(col)
+            except TypeError:
+                raise TypeError(
+                    f"value_cols must hold column names, got {type(col).__name__} {col!r}"
+                ) from None
         missing = [c for c in values if c not in df.columns]
         if missing:
             raise ValueError(f"{name} lacks the value column(s) {missing}")
@@ -62,12 +93,18 @@ def check_frame(
             raise ValueError(f"value_cols repeats a column: {values}")
     if not values:
         raise ValueError(f"{name} has no value column besides {id_col!r} and {time_col!r}")
+    as_text = pd.Series([str(c) for c in (id_col, time_col, *values)])
+    if as_text.duplicated().any():
+        text = as_text[as_text.duplicated()].iloc[0]
+        same = [c for c in (id_col, time_col, *values) if str(c) == text]
+        raise ValueError(f"{name}: columns {same} have the same name as text ({text!r}); rename one of them")
     for col in values:
         dtype = df[col].dtype
         if pd.api.types.is_bool_dtype(dtype) or not pd.api.types.is_numeric_dtype(dtype):
             raise TypeError(f"value column {col!r} must be numeric, got dtype {dtype}")
         if pd.api.types.is_complex_dtype(dtype):
             raise TypeError(f"value column {col!r} must be real, got dtype {dtype}")
+    _check_hashable(df[id_col], "id", id_col, name)
     return values
 
 
@@ -82,19 +119,41 @@ class Scaling:
     @classmethod
     def fit(cls, batch: IrregularBatch) -> Scaling:
         """Mean and standard deviation of each variable's observed values (1 where constant), and
-        the median gap between a series' consecutive observations (1 when there is none)."""
+        the median gap between a series' consecutive observations (1 when there is none).
+
+        Both are computed on values divided by the variable's largest magnitude, so that neither
+        huge (1e300) nor tiny (1e-300) values overflow or underflow.
+        """
         values = batch.values.double().numpy()
-        mask = batch.mask.double().numpy()
+        mask = batch.mask.double().numpy() > 0
         count = mask.sum((0, 1))
-        mean = (values * mask).sum((0, 1)) / np.maximum(count, 1)
-        var = (((values - mean) ** 2) * mask).sum((0, 1)) / np.maximum(count, 1)
-        scale = np.sqrt(var)
-        scale = np.where((scale > 1e-12 * np.maximum(1.0, np.abs(mean))) & np.isfinite(scale), scale, 1.0)
+        peak = np.where(mask, np.abs(values), 0.0).max((0, 1), initial=0.0)
+        unit = np.where(peak > 0, peak, 1.0)
+        unit_values = np.where(mask, values / unit, 0.0)
+        unit_mean = unit_values.sum((0, 1)) / np.maximum(count, 1)
+        unit_var = (np.where(mask, unit_values - unit_mean, 0.0) ** 2).sum((0, 1)) / np.maximum(count, 1)
+        unit_scale = np.sqrt(unit_var)
+        with np.errstate(over="ignore"):
+            mean = unit_mean * unit
+            scale = np.where(unit_scale > 1e-12, unit_scale * unit, 1.0)
+        bad = ~(np.isfinite(scale) & (scale > 0) & np.isfinite(mean))
+        if bad.any():
+            col = batch.variables[int(np.flatnonzero(bad)[0])]
+            raise ValueError(
+                f"value column {col!r} spans too wide a range to standardise in float64 (largest "
+                f"magnitude {peak[np.flatnonzero(bad)[0]]:.3g}); rescale it"
+            )
         times = batch.times.double().numpy()
-        gaps = np.diff(times, axis=1)
+        with np.errstate(over="ignore", invalid="ignore"):
+            gaps = np.diff(times, axis=1)
         valid = np.arange(1, times.shape[1])[None, :] < batch.lengths.numpy()[:, None]
         gaps = gaps[valid & (gaps > 0)] if gaps.size else gaps.reshape(-1)
         time_scale = float(np.median(gaps)) if gaps.size else 1.0
+        if not (np.isfinite(time_scale) and time_scale > 0):
+            raise ValueError(
+                f"time column {batch.time_col!r}: the median gap between observations ({time_scale}) is "
+                "not a positive finite number; rescale the times"
+            )
         return cls(time_scale=time_scale, mean=mean, scale=scale)
 
     def to_dict(self) -> dict[str, Any]:
@@ -113,7 +172,9 @@ class Scaling:
         return (values - self.mean) / self.scale
 
     def values_from_model(self, values: np.ndarray) -> np.ndarray:
-        return values * self.scale + self.mean
+        """Original units; values beyond the float64 range become inf (callers check)."""
+        with np.errstate(over="ignore", invalid="ignore"):
+            return values * self.scale + self.mean
 
 
 @dataclass
@@ -135,10 +196,25 @@ class PreparedSeries:
         return len(self.raw)
 
     def model_batch(self, scaling: Scaling, dtype: torch.dtype = torch.float32) -> IrregularBatch:
-        """Times from 0 per series divided by ``time_scale``; values standardised (0 where unobserved)."""
+        """Times from 0 per series divided by ``time_scale``; values standardised (0 where unobserved).
+
+        A series spanning more than ``MAX_MODEL_TIME`` typical gaps, or a value too many standard
+        deviations from the training mean to be a float32 number, is a ValueError naming it.
+        """
         raw = self.raw
-        times = (raw.times.numpy() - self.origin[:, None]) / scaling.time_scale
-        values = scaling.values_to_model(raw.values.numpy()) * raw.mask.numpy()
+        with np.errstate(over="ignore", invalid="ignore"):
+            times = (raw.times.numpy() - self.origin[:, None]) / scaling.time_scale
+            observed = raw.mask.numpy() > 0
+            values = np.where(observed, scaling.values_to_model(raw.values.numpy()), 0.0)
+        self._check_span(times[:, -1] if times.shape[1] else times[:, :0], scaling, "its observations")
+        far = ~(np.abs(values) <= _FLOAT32_MAX)
+        if far.any():
+            b, i, d = np.argwhere(far)[0]
+            raise ValueError(
+                f"value {raw.values[b, i, d].item()!r} of column {raw.variables[d]!r} (series "
+                f"{_show(raw.ids[b])}) lies too far from the training values (mean "
+                f"{scaling.mean[d]:.3g}, standard deviation {scaling.scale[d]:.3g}) for the model"
+            )
         return IrregularBatch(
             times=torch.from_numpy(times).to(dtype),
             values=torch.from_numpy(values).to(dtype),
@@ -155,7 +231,24 @@ class PreparedSeries:
     def model_times(self, times: np.ndarray, scaling: Scaling, rows: np.ndarray | None = None) -> np.ndarray:
         """Encoded times ``(B, Q)`` of series ``rows`` (default all) on the model's time axis."""
         origin = self.origin if rows is None else self.origin[rows]
-        return (times - origin[:, None]) / scaling.time_scale
+        with np.errstate(over="ignore", invalid="ignore"):
+            out = (times - origin[:, None]) / scaling.time_scale
+        self._check_span(out[:, -1] if out.shape[1] else out[:, :0], scaling, "its queries", rows)
+        return out
+
+    def _check_span(
+        self, ends: np.ndarray, scaling: Scaling, what: str, rows: np.ndarray | None = None
+    ) -> None:
+        """ValueError unless each series' model time ``ends`` (its last, largest time) is in range."""
+        far = ~(ends <= MAX_MODEL_TIME)
+        if far.any():
+            k = int(np.flatnonzero(far)[0])
+            series = self.ids[k if rows is None else rows[k]]
+            raise ValueError(
+                f"series {_show(series)}: {what} reach {ends[k]:.3g} times the median gap between "
+                f"training observations ({scaling.time_scale:.3g} time units) after its first "
+                f"observation; the model resolves at most {MAX_MODEL_TIME:.3g} gaps"
+            )
 
 
 def prepare_series(
@@ -168,9 +261,9 @@ def prepare_series(
 ) -> PreparedSeries:
     """Encode the times of a checked frame and convert it (errors name the offending row/series)."""
     times = codec.encode(df[time_col], time_col)
-    frame = pd.DataFrame({id_col: df[id_col], time_col: times}, index=df.index)
-    for col in value_cols:
-        frame[col] = df[col].to_numpy(dtype=np.float64, na_value=np.nan)
+    columns = {id_col: df[id_col].array, time_col: times}
+    columns.update({col: df[col].to_numpy(dtype=np.float64, na_value=np.nan) for col in value_cols})
+    frame = pd.DataFrame(columns, index=df.index)
     if frame[id_col].isna().any():
         row = frame.index[np.flatnonzero(frame[id_col].isna().to_numpy())[0]]
         raise ValueError(f"{name}: id column {id_col!r} has a missing value at row {_show(row)}")
@@ -195,12 +288,11 @@ def _history_frame(
     raw: IrregularBatch, id_col: str, time_col: str, value_cols: list[str], codec: TimeCodec
 ) -> pd.DataFrame:
     pad = raw.pad_mask.numpy()
-    out = pd.DataFrame({id_col: np.repeat(raw.ids, raw.lengths.numpy())})
-    out[time_col] = codec.decode(raw.times.numpy()[pad]).to_numpy()
+    columns = {id_col: np.repeat(raw.ids, raw.lengths.numpy())}
+    columns[time_col] = codec.decode(raw.times.numpy()[pad]).to_numpy()
     values = np.where(raw.mask.numpy()[pad] > 0, raw.values.numpy()[pad], np.nan)
-    for d, col in enumerate(value_cols):
-        out[col] = values[:, d]
-    return out
+    columns.update({col: values[:, d] for d, col in enumerate(value_cols)})
+    return pd.DataFrame(columns)
 
 
 @dataclass
@@ -242,8 +334,11 @@ def query_grid(
     for col in (id_col, time_col):
         if col not in times.columns:
             raise ValueError(f"times has no column {col!r}; columns are {list(map(str, times.columns))}")
+        if (times.columns == col).sum() > 1:
+            raise ValueError(f"times has more than one column named {col!r}")
     if len(times) == 0:
         raise ValueError("times is empty (no query rows)")
+    _check_hashable(times[id_col], "id", id_col, "times")
     encoded = codec.encode(times[time_col], time_col)
     bad = ~np.isfinite(encoded)
     if bad.any():

@@ -9,6 +9,7 @@ datetimes of the same zone.
 
 from __future__ import annotations
 
+import math
 import numbers
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -63,6 +64,8 @@ def _kind(series: pd.Series) -> str:
 
 
 def _canonical_unit(unit: str) -> str:
+    if not isinstance(unit, str):
+        raise TypeError(f"time_unit must be a string such as 'D' or 'h', got {type(unit).__name__}")
     unit = _ALIASES.get(unit, unit)
     if unit not in TIME_UNITS:
         raise ValueError(f"unknown time_unit {unit!r}; valid: {', '.join(TIME_UNITS)}")
@@ -125,7 +128,13 @@ class TimeCodec:
             raise TypeError(f"time column {column!r} must be {expected} datetimes, like the training data")
         if aware:
             times = times.dt.tz_convert("UTC").dt.tz_localize(None)
-        return ((times - pd.Timestamp(self.origin)) / step).to_numpy(dtype=np.float64)
+        origin = pd.Timestamp(self.origin)
+        try:
+            delta = times - origin
+        except (OverflowError, pd.errors.OutOfBoundsDatetime, pd.errors.OutOfBoundsTimedelta):
+            # Nanosecond timedeltas span only +-292 years; microseconds span far more.
+            delta = times.astype("datetime64[us]") - origin.as_unit("us")
+        return (delta / step).to_numpy(dtype=np.float64)
 
     def decode(self, numbers_: np.ndarray) -> pd.Series:
         """The time column of the numbers ``encode`` would map to them."""
@@ -133,10 +142,15 @@ class TimeCodec:
         if self.kind == "numeric":
             return pd.Series(numbers_)
         step = TIME_UNITS[self.unit]
-        deltas = pd.to_timedelta(numbers_ * step.value, unit="ns").round("us")
+        nanos = numbers_ * step.value
+        origin = pd.Timestamp(self.origin) if self.kind == "datetime" else None
+        try:
+            deltas = pd.to_timedelta(nanos, unit="ns").round("us")
+            out = pd.Series(deltas if origin is None else origin + deltas)
+        except (OverflowError, pd.errors.OutOfBoundsDatetime, pd.errors.OutOfBoundsTimedelta):
+            out = _decode_coarse(nanos, origin)
         if self.kind == "timedelta":
-            return pd.Series(deltas)
-        out = pd.Series(pd.Timestamp(self.origin) + deltas)
+            return out
         if self.tz is not None:
             out = out.dt.tz_localize("UTC").dt.tz_convert(self.tz)
         return out
@@ -145,6 +159,8 @@ class TimeCodec:
         """Horizon offsets (numbers in the time unit, or timedeltas) as positive float64 numbers."""
         if isinstance(horizon, (str, bytes)) or not isinstance(horizon, Sequence | np.ndarray | pd.Index):
             raise TypeError(f"horizon must be a list of positive offsets, got {type(horizon).__name__}")
+        if isinstance(horizon, np.ndarray) and horizon.ndim != 1:
+            raise TypeError(f"horizon must be a 1-D list of offsets, got an array of shape {horizon.shape}")
         if len(horizon) == 0:
             raise ValueError("horizon must hold at least one offset")
         out = []
@@ -152,13 +168,21 @@ class TimeCodec:
             if isinstance(h, pd.Timedelta | np.timedelta64):
                 if self.kind == "numeric":
                     raise TypeError("timedelta horizon offsets need datetime or timedelta times")
-                value = pd.Timedelta(h) / TIME_UNITS[self.unit]
+                step = TIME_UNITS[self.unit]
+                try:
+                    value = pd.Timedelta(h) / step
+                except (OverflowError, pd.errors.OutOfBoundsTimedelta):
+                    value = pd.Timedelta(h).total_seconds() / step.total_seconds()
             elif isinstance(h, numbers.Real) and not isinstance(h, bool):
-                value = float(h)
+                try:
+                    value = float(h)
+                except OverflowError:
+                    value = math.inf
             else:
                 raise TypeError(f"horizon offsets must be numbers or timedeltas, got {h!r}")
             if not np.isfinite(value) or value <= 0:
-                raise ValueError(f"horizon offsets must be positive and finite, got {h!r}")
+                shown = repr(h) if len(repr(h)) <= 40 else f"{repr(h)[:20]}... ({value:.3g})"
+                raise ValueError(f"horizon offsets must be positive and finite, got {shown}")
             out.append(value)
         return np.asarray(out, dtype=np.float64)
 
@@ -187,6 +211,25 @@ class TimeCodec:
                 except Exception as err:
                     raise ValueError(f"invalid time zone {tz!r} in the time codec") from err
         return cls(kind=kind, unit=unit, origin=origin, tz=tz)
+
+
+def _decode_coarse(nanos: np.ndarray, origin: pd.Timestamp | None) -> pd.Series:
+    """``origin + nanos`` (timedeltas without an origin) at microsecond resolution, for offsets
+    beyond the +-292 years of nanosecond timedeltas; a ValueError past what pandas represents."""
+    micros = np.round(nanos / 1000)
+    too_far = ~(np.abs(micros) < 2.0**63)
+    if too_far.any():
+        days = nanos[too_far][0] / 86_400e9
+        raise ValueError(f"a time {days:.3g} days from the origin can not be represented as a datetime")
+    deltas = pd.Series(micros.astype(np.int64).astype("timedelta64[us]"))
+    if origin is None:
+        return deltas
+    try:
+        return origin.as_unit("us") + deltas
+    except (OverflowError, pd.errors.OutOfBoundsDatetime, pd.errors.OutOfBoundsTimedelta):
+        raise ValueError(
+            f"times up to {deltas.abs().max()} from {origin} fall outside the range of datetimes"
+        ) from None
 
 
 def _check_no_missing(times: pd.Series, column: str) -> None:
