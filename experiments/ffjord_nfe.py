@@ -39,6 +39,8 @@ TOL = 1e-5
 MODELS: dict[str, dict[str, float]] = {
     "ffjord": {"kinetic": 0.0, "jacobian": 0.0},
     "ffjord_reg": {"kinetic": 0.05, "jacobian": 0.05},
+    "ffjord_reg_x2": {"kinetic": 0.1, "jacobian": 0.1},
+    "ffjord_reg_x4": {"kinetic": 0.2, "jacobian": 0.2},
 }
 TARGET_RATIO, TARGET_GAP = 0.5, 0.05
 
