@@ -160,7 +160,7 @@ def report() -> str:
         ratio = r["test_nfe"] / base["test_nfe"]
         gap = r["reference_nll"] - base["reference_nll"]
         met = ratio <= TARGET_RATIO and gap <= TARGET_GAP
-        lines.append(f"| {dataset} | {ratio:.2f} | {gap:+.3f} | {'yes' if met else 'no'} |")
+        lines.append(f"| {dataset} | {model} | {ratio:.2f} | {gap:+.3f} | {'yes' if met else 'no'} |")
     lines += ["", "Test NFE along training (every evaluation):", ""]
     for r in runs:
         lines.append(f"- {r['dataset']} {r['model']}: " + ", ".join(str(c["test_nfe"]) for c in r["curve"]))
