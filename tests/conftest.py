@@ -32,3 +32,31 @@ def brute_force_logabsdet(fn, x: Tensor) -> Tensor:
 @pytest.fixture(autouse=True)
 def _seed():
     torch.manual_seed(1234)
+
+
+def run_torchrun(script, nproc: int = 2, timeout: float = 300):
+    """Run ``script`` under ``torchrun --nproc_per_node=nproc`` on a free local port (one thread
+    per process, the repository on PYTHONPATH); fail with the tail of stderr if it fails."""
+    import os
+    import socket
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    root = Path(__file__).resolve().parents[1]
+    env = {**os.environ, "PYTHONPATH": str(root), "OMP_NUM_THREADS": "1"}
+    cmd = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        f"--nproc_per_node={nproc}",
+        "--master_addr=127.0.0.1",
+        f"--master_port={port}",
+        str(script),
+    ]
+    done = subprocess.run(cmd, env=env, capture_output=True, timeout=timeout)
+    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    return done

@@ -3,16 +3,13 @@
 from __future__ import annotations
 
 import json
-import os
-import socket
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 from typing import Any
 
 import pytest
 import torch
+from conftest import run_torchrun
 
 from ctflow.image.data import ImageData, load_digits_images
 from ctflow.image.train import TrainConfig, train
@@ -70,28 +67,11 @@ SCRIPT = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_processes_train_like_one_process_with_the_doubled_batch(tmp_path):
     script = tmp_path / "ddp.py"
     out = str(tmp_path / "ddp")
     script.write_text(SCRIPT.format(tests=str(ROOT / "tests"), out=out))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--master_addr=127.0.0.1",
-        f"--master_port={_free_port()}",
-        str(script),
-    ]
-    done = subprocess.run(cmd, env=env, capture_output=True, timeout=300)
-    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    run_torchrun(script)
     ranks = [torch.load(f"{out}.{r}", weights_only=True) for r in (0, 1)]
     assert ranks[0]["world"] == ranks[1]["world"] == 2
     assert ranks[0]["first_step"] == ranks[1]["first_step"] == 1

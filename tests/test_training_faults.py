@@ -7,7 +7,6 @@ import json
 import os
 import pickle
 import signal
-import socket
 import subprocess
 import sys
 import textwrap
@@ -16,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from conftest import run_torchrun
 
 from ctflow.checkpoint import load_checkpoint
 from ctflow.data import from_dataframe, load_double_ou
@@ -215,28 +215,11 @@ DDP_SCRIPT = textwrap.dedent(
 )
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def test_two_gloo_processes_train_like_one_process_with_the_doubled_batch(tmp_path):
     script = tmp_path / "ddp.py"
     out = tmp_path / "weights"
     script.write_text(DDP_SCRIPT.format(tests=str(ROOT / "tests"), out=str(out)))
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
-    cmd = [
-        sys.executable,
-        "-m",
-        "torch.distributed.run",
-        "--nproc_per_node=2",
-        "--master_addr=127.0.0.1",
-        f"--master_port={_free_port()}",
-        str(script),
-    ]
-    done = subprocess.run(cmd, env=env, capture_output=True, timeout=300)
-    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    run_torchrun(script)
     ranks = [torch.load(f"{out}.{r}", weights_only=True) for r in (0, 1)]
     assert ranks[0]["world"] == ranks[1]["world"] == 2
     _assert_same(ranks[0]["weights"], ranks[1]["weights"])
