@@ -71,6 +71,37 @@ def _real(value: Any, name: str, *, positive: bool, allow_none: bool = False) ->
     return value
 
 
+def _loop_options(
+    epochs: Any,
+    max_steps: Any,
+    batch_size: Any,
+    lr: Any,
+    weight_decay: Any,
+    grad_clip: Any,
+    patience: Any,
+    time_limit: Any,
+    seed: Any,
+    has_val: bool,
+) -> dict[str, Any]:
+    """The checked optimisation options shared by :func:`fit_density` and :func:`fit_model`."""
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
+        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
+    patience = _positive_int(patience, "patience", allow_none=True)
+    if patience is not None and not has_val:
+        raise ValueError("patience needs a validation set: pass val")
+    return {
+        "epochs": _positive_int(epochs, "epochs"),
+        "max_steps": _positive_int(max_steps, "max_steps", allow_none=True),
+        "batch_size": _positive_int(batch_size, "batch_size"),
+        "lr": _real(lr, "lr", positive=True),
+        "weight_decay": _real(weight_decay, "weight_decay", positive=False),
+        "grad_clip": _real(grad_clip, "grad_clip", positive=True, allow_none=True),
+        "patience": patience,
+        "time_limit": _real(time_limit, "time_limit", positive=True, allow_none=True),
+        "seed": seed,
+    }
+
+
 def _check_flow(flow: Any) -> None:
     if not isinstance(flow, nn.Module) or not callable(getattr(flow, "log_prob", None)):
         raise TypeError(
@@ -297,18 +328,18 @@ def fit_density(
         before and after each step, not reset, and validation solves are not included.
     """
     _check_flow(flow)
-    epochs = _positive_int(epochs, "epochs")
-    max_steps = _positive_int(max_steps, "max_steps", allow_none=True)
-    batch_size = _positive_int(batch_size, "batch_size")
-    lr = _real(lr, "lr", positive=True)
-    weight_decay = _real(weight_decay, "weight_decay", positive=False)
-    grad_clip = _real(grad_clip, "grad_clip", positive=True, allow_none=True)
-    patience = _positive_int(patience, "patience", allow_none=True)
-    time_limit = _real(time_limit, "time_limit", positive=True, allow_none=True)
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
-    if val is None and patience is not None:
-        raise ValueError("patience needs a validation set: pass val")
+    options = _loop_options(
+        epochs,
+        max_steps,
+        batch_size,
+        lr,
+        weight_decay,
+        grad_clip,
+        patience,
+        time_limit,
+        seed,
+        val is not None,
+    )
     if val is None and val_context is not None:
         raise ValueError("val_context was given without val")
     if val is not None and context is not None and val_context is None:
@@ -327,7 +358,7 @@ def fit_density(
     if xv is not None:
 
         def val_loss() -> float:
-            return _mean_nll(flow, xv, ctx_v, max(batch_size, 8192))
+            return _mean_nll(flow, xv, ctx_v, max(options["batch_size"], 8192))
 
     with _finiteness_checks_off():
         return _train_loop(
@@ -335,15 +366,7 @@ def fit_density(
             n_train=x.shape[0],
             batch_loss=batch_loss,
             val_loss=val_loss,
-            epochs=epochs,
-            max_steps=max_steps,
-            batch_size=batch_size,
-            lr=lr,
-            weight_decay=weight_decay,
-            grad_clip=grad_clip,
-            patience=patience,
-            time_limit=time_limit,
-            seed=seed,
+            **options,
             verbose=bool(verbose),
             desc="fit_density",
             loss_name="nll",
@@ -446,16 +469,18 @@ def fit_model(
         val = _check_batch(val, "val")
         if val.n_variables != train.n_variables:
             raise ValueError(f"val has {val.n_variables} variables, train has {train.n_variables}")
-    epochs = _positive_int(epochs, "epochs")
-    max_steps = _positive_int(max_steps, "max_steps", allow_none=True)
-    batch_size = _positive_int(batch_size, "batch_size")
-    lr = _real(lr, "lr", positive=True)
-    weight_decay = _real(weight_decay, "weight_decay", positive=False)
-    grad_clip = _real(grad_clip, "grad_clip", positive=True, allow_none=True)
-    patience = _positive_int(patience, "patience", allow_none=True)
-    time_limit = _real(time_limit, "time_limit", positive=True, allow_none=True)
-    if patience is not None and val is None:
-        raise ValueError("patience needs a validation set: pass val")
+    options = _loop_options(
+        epochs,
+        max_steps,
+        batch_size,
+        lr,
+        weight_decay,
+        grad_clip,
+        patience,
+        time_limit,
+        seed,
+        val is not None,
+    )
     dtype, device = _dtype_device(model)
     data = train.to(device, dtype)
 
@@ -467,22 +492,14 @@ def fit_model(
     if val is not None:
 
         def val_loss() -> float:
-            return evaluate_sequence_nll(model, val, batch_size=max(batch_size, 256))
+            return evaluate_sequence_nll(model, val, batch_size=max(options["batch_size"], 256))
 
     return _train_loop(
         model,
         n_train=len(data),
         batch_loss=batch_loss,
         val_loss=val_loss,
-        epochs=epochs,
-        max_steps=max_steps,
-        batch_size=batch_size,
-        lr=lr,
-        weight_decay=weight_decay,
-        grad_clip=grad_clip,
-        patience=patience,
-        time_limit=time_limit,
-        seed=seed,
+        **options,
         verbose=bool(verbose),
         desc=desc,
         loss_name="loss",
