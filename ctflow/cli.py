@@ -358,7 +358,7 @@ def evaluate_holdout(est: Any, df: pd.DataFrame, k: int, coverage: Sequence[floa
     y = torch.nan_to_num(y)
     samples = torch.from_numpy(fc.samples)
     crps = crps_samples(samples, y, reduce=False)
-    abs_err = (torch.from_numpy(fc.mean[values].to_numpy()) - y).abs()
+    abs_err = (torch.tensor(fc.mean[values].to_numpy()) - y).abs()
     out: dict[str, Any] = {"series": int(target[est.id_col_].nunique()), "targets": int(mask.sum())}
     out["crps"] = float(crps[mask].mean())
     out["mae"] = float(abs_err[mask].mean())

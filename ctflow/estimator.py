@@ -281,7 +281,8 @@ class Forecaster(BaseEstimator):
     def _simulate(
         self, context: PreparedSeries, grid: QueryGrid, n_samples: int, paths: bool, want_mean: bool
     ) -> tuple[np.ndarray, np.ndarray | None]:
-        """Samples ``(n, Q, D)`` and means ``(Q, D)`` in original units, series chunk by chunk."""
+        """Samples ``(n, Q, D)`` (none for ``n = 0``) and means ``(Q, D)`` in original units, series
+        chunk by chunk; marginal draws and means come from one predictive per chunk."""
         model, scaling = self.model_, self.scaling_
         device = next(model.parameters()).device
         queried = np.unique(grid.series)
@@ -291,8 +292,12 @@ class Forecaster(BaseEstimator):
         position[queried] = np.arange(len(queried))
         chunk = max(1, min(4096, 2_000_000 // max(1, n_samples * grid.times.shape[1] * self.n_variables_)))
         batch = context.model_batch(scaling)
+        # Output rows grouped by the chunk of series they belong to (one sort, not a scan per chunk).
+        chunk_of = position[grid.series] // chunk
+        by_chunk = np.argsort(chunk_of, kind="stable")
+        bounds = np.searchsorted(chunk_of[by_chunk], np.arange(0, len(queried) // chunk + 2))
         with torch.no_grad():
-            for start in range(0, len(queried), chunk):
+            for c, start in enumerate(range(0, len(queried), chunk)):
                 rows = queried[start : start + chunk]
                 part = batch.select(rows, trim=True).to(device)
                 state = model.filter(part)
@@ -300,16 +305,20 @@ class Forecaster(BaseEstimator):
                     context.model_times(grid.times[rows], scaling, rows), dtype=torch.float32
                 )
                 qt = qt.to(device)
-                if paths:
-                    draws = model.sample_paths(state, qt, n_samples)
-                else:
-                    draws = model.predict(state, qt).sample(n_samples)
-                sel = np.flatnonzero(np.isin(grid.series, rows))
+                sel = by_chunk[bounds[c] : bounds[c + 1]]
                 local = position[grid.series[sel]] - start
-                d = draws[:, local, grid.slot[sel]].double().cpu().numpy()
-                out[:, sel] = scaling.values_from_model(d)
+                predictive = None
+                if n_samples:
+                    if paths:
+                        draws = model.sample_paths(state, qt, n_samples)
+                    else:
+                        predictive = model.predict(state, qt)
+                        draws = predictive.sample(n_samples)
+                    d = draws[:, local, grid.slot[sel]].double().cpu().numpy()
+                    out[:, sel] = scaling.values_from_model(d)
                 if means is not None:
-                    m = model.predict(state, qt).mean()[local, grid.slot[sel]].double().cpu().numpy()
+                    predictive = predictive or model.predict(state, qt)
+                    m = predictive.mean()[local, grid.slot[sel]].double().cpu().numpy()
                     means[sel] = scaling.values_from_model(m)
         bad = ~np.isfinite(out).all((0, 2))
         if means is not None:
@@ -367,7 +376,7 @@ class Forecaster(BaseEstimator):
         grid = self._queries(context, times, horizon)
         out = self._query_frame(context, grid)
         with _seeded(self._seed(None), self.device_):
-            _, means = self._simulate(context, grid, 1, False, want_mean=True)
+            _, means = self._simulate(context, grid, 0, False, want_mean=True)
         values = pd.DataFrame(means, columns=pd.Index(self.value_cols_, dtype=object))
         return pd.concat([out, values], axis=1)
 
