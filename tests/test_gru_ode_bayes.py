@@ -9,6 +9,7 @@ import pytest
 import torch
 from conftest import perturb
 
+from ctflow import Forecaster
 from ctflow.data import (
     IrregularBatch,
     from_dataframe,
@@ -19,7 +20,7 @@ from ctflow.data import (
     truncate,
 )
 from ctflow.dynamics import GRUODECell
-from ctflow.flows.masked import EMISSIONS, GaussianEmission, make_emission
+from ctflow.flows.masked import EMISSIONS, GaussianEmission, LastValueEmission, make_emission
 from ctflow.models import GRUODEBayes
 from ctflow.ode import SolverOptions, integrate_intervals
 
@@ -220,3 +221,161 @@ def test_fitted_model_beats_constant_mean_baseline(emission):
     sd = (((tv - mu) ** 2 * tm).sum(0) / tm.sum(0)).sqrt()
     nll_base = -(torch.distributions.Normal(mu, sd).log_prob(y) * m).sum()
     assert nll_model / m.sum() < nll_base / m.sum() - 0.5
+
+
+# ---------------------------------------------------------------- carrying last values forward
+
+
+def _carry_context(h: torch.Tensor, last: torch.Tensor, seen: torch.Tensor, elapsed: torch.Tensor):
+    return torch.cat([h, last * seen, seen, torch.log1p(elapsed) * seen], dim=-1)
+
+
+@pytest.mark.parametrize("name", list(EMISSIONS))
+def test_last_value_emission_is_the_inner_density_of_the_change(name):
+    torch.manual_seed(0)
+    inner = perturb(make_emission(name, 2, 3 + 6).double(), 0.2)
+    em = LastValueEmission(inner)
+    last = torch.tensor([[1.5, -3.0]], dtype=torch.float64)
+    seen = torch.tensor([[1.0, 0.0]], dtype=torch.float64)
+    ctx = _carry_context(torch.randn(1, 3, dtype=torch.float64), last, seen, torch.ones(1, 2))
+    y = torch.randn(7, 2, dtype=torch.float64) + 1.5
+    mask = torch.ones_like(y)
+    ctx7 = ctx.expand(7, -1)
+    torch.testing.assert_close(em.log_prob(y, mask, ctx7), inner.log_prob(y - last * seen, mask, ctx7))
+    # A shift: the density of the observed variable still integrates to one, around the last value.
+    t = torch.linspace(-38.5, 41.5, 16001, dtype=torch.float64)
+    grid = torch.stack([t, torch.zeros_like(t)], 1)
+    one = torch.tensor([[1.0, 0.0]], dtype=torch.float64).expand_as(grid)
+    with torch.no_grad():
+        dens = em.log_prob(grid, one, ctx.expand(t.numel(), -1)).exp()
+        assert torch.trapezoid(dens, t).item() == pytest.approx(1.0, abs=1e-3)
+        # Draws and means are the inner emission's, moved by the carried value.
+        torch.manual_seed(5)
+        draws = em.sample(ctx, 100)
+        torch.manual_seed(5)
+        torch.testing.assert_close(draws, inner.sample(ctx, 100) + last * seen)
+        torch.manual_seed(6)
+        mean = em.mean(ctx, 100)
+        torch.manual_seed(6)
+        torch.testing.assert_close(mean, inner.mean(ctx, 100) + last * seen)
+
+
+def test_last_value_emission_gaussian_quantiles_are_shifted():
+    inner = perturb(GaussianEmission(2, 8).double(), 0.3)
+    em = LastValueEmission(inner)
+    ctx = _carry_context(
+        torch.randn(4, 2, dtype=torch.float64),
+        torch.randn(4, 2, dtype=torch.float64),
+        torch.ones(4, 2, dtype=torch.float64),
+        torch.rand(4, 2, dtype=torch.float64),
+    )
+    shift = ctx[:, 2:4]
+    torch.testing.assert_close(em.quantile(ctx, 0.3), inner.quantile(ctx, 0.3) + shift)
+    with pytest.raises(ValueError, match="context_dim"):
+        LastValueEmission(GaussianEmission(2, 6))
+
+
+def _zero_change_model() -> GRUODEBayes:
+    """A carry-forward model whose emission predicts no change: its mean is the last value."""
+    model = GRUODEBayes(2, 8, 8, 8, carry_forward=True, solver={"method": "euler", "step_size": 0.1}).double()
+    perturb(model, 0.2)
+    with torch.no_grad():
+        out = model.emission.inner.net.net[-1]
+        out.weight.zero_()
+        out.bias.zero_()
+        out.bias[2:].fill_(-8.0)  # log-variances: changes of sd 0.02
+    return model
+
+
+def test_carry_forward_state_holds_each_variables_last_observation():
+    torch.manual_seed(0)
+    batch = _toy_batch(6)
+    mask = batch.mask.clone()
+    mask[:, -3:, 1] = 0  # the second variable goes unmeasured at the end of each series
+    batch = IrregularBatch(batch.times, batch.values * mask, mask, batch.lengths, batch.ids, batch.variables)
+    state = _zero_change_model().filter(batch)
+    for b in range(len(batch)):
+        n = int(batch.lengths[b])
+        for d in range(2):
+            rows = torch.nonzero(batch.mask[b, :n, d]).flatten()
+            assert state.seen[b, d] == 1
+            assert state.last[b, d] == batch.values[b, rows[-1], d]
+            assert state.last_time[b, d] == batch.times[b, rows[-1]]
+
+
+def test_carry_forward_with_no_change_forecasts_the_last_value():
+    torch.manual_seed(0)
+    batch = _toy_batch(4)
+    model = _zero_change_model()
+    state = model.filter(batch)
+    times = state.time.unsqueeze(1) + torch.tensor([[0.5, 2.0]], dtype=torch.float64)
+    with torch.no_grad():
+        pred = model.predict(state, times)
+        paths = model.sample_paths(state, times, 50)
+    torch.testing.assert_close(pred.mean(), state.last.unsqueeze(1).expand(4, 2, 2))
+    torch.testing.assert_close(pred.quantile(0.5), state.last.unsqueeze(1).expand(4, 2, 2))
+    # Paths carry their own draws forward: the second value stays within a few sd of the first.
+    assert (paths[:, :, 1] - paths[:, :, 0]).abs().max() < 0.2
+    assert (paths[:, :, 0] - state.last).abs().max() < 0.2
+
+
+def test_carry_forward_fits_and_round_trips_in_the_forecaster(tmp_path):
+    df = load_double_ou(60, seed=0)
+    model = Forecaster(
+        hidden_size=8,
+        p_hidden=8,
+        prep_hidden=8,
+        max_epochs=2,
+        model_options={"carry_forward": True},
+        random_state=0,
+    ).fit(df)
+    assert model.model_.carry_forward
+    model.save(tmp_path / "m")
+    loaded = Forecaster.load(tmp_path / "m")
+    pd.testing.assert_frame_equal(model.predict(df, horizon=[1.0]), loaded.predict(df, horizon=[1.0]))
+
+
+# ---------------------------------------------------------------- training for forecasts from a context
+
+
+def test_training_cuts_leave_at_least_one_observation_of_each_series():
+    model = GRUODEBayes(2, 8, forecast_cut=1.0)
+    lengths = torch.tensor([0, 1, 2, 5, 9] * 200)
+    cuts = model._training_cuts(lengths)
+    long = lengths > 1
+    assert ((cuts[long] >= 1) & (cuts[long] < lengths[long])).all()
+    assert (cuts[~long] == lengths[~long]).all()
+    assert set(cuts[lengths == 9].tolist()) == set(range(1, 9))
+    assert GRUODEBayes(2, 8)._training_cuts(lengths) is None
+    with pytest.raises(ValueError, match="forecast_cut"):
+        GRUODEBayes(2, 8, forecast_cut=1.5)
+
+
+@pytest.mark.parametrize("carry_forward", [False, True])
+def test_cut_training_scores_the_forecast_from_the_context(carry_forward, monkeypatch):
+    """After the cut, the training loss scores the predictive density of the context's state."""
+    torch.manual_seed(0)
+    batch = _toy_batch(5)
+    solver = {"method": "rk4", "step_size": 0.1}
+    model = GRUODEBayes(
+        2, 16, 8, 8, post_jump_weight=0.0, solver=solver, forecast_cut=1.0, carry_forward=carry_forward
+    ).double()
+    perturb(model, 0.1)
+    cut = 6
+    monkeypatch.setattr(model, "_training_cuts", lambda lengths: torch.full_like(lengths, cut))
+    model.train()
+    nll_cut, _ = model.nll_terms(batch)
+    model.eval()
+    context = IrregularBatch(
+        batch.times[:, :cut],
+        batch.values[:, :cut],
+        batch.mask[:, :cut],
+        batch.lengths.clamp_max(cut),
+        batch.ids,
+        batch.variables,
+    )
+    nll_context, _ = model.nll_terms(context)
+    rest = slice(cut, None)
+    pred = model.predict(model.filter(context), batch.times[:, rest])
+    lp = pred.log_prob(batch.values[:, rest], batch.mask[:, rest])
+    torch.testing.assert_close(nll_cut, nll_context - lp.sum(), atol=1e-5, rtol=0)

@@ -36,6 +36,7 @@ __all__ = [
     "GaussianEmission",
     "PerVariableFlowEmission",
     "JointFlowEmission",
+    "LastValueEmission",
     "make_emission",
     "EMISSIONS",
 ]
@@ -251,6 +252,56 @@ class JointFlowEmission(MaskedEmission):
                 x = (z - shift) * (-log_s).exp()
             u = x
         return u.view(n, *context.shape[:-1], self.dim)
+
+
+class LastValueEmission(MaskedEmission):
+    """An emission of the change since each variable's last observed value.
+
+    The context ends with three blocks of ``dim`` columns, ``[c, last, seen, elapsed]``: the last
+    observed value of every variable, whether it has been observed, and a feature of the time
+    since. The density of ``y`` is ``inner``'s density of ``y - seen * last`` given the whole
+    context (a shift, so the log-determinant is zero): persistence is the default the model
+    corrects, as in the carry-forward baseline it improves on, and the width of the change can
+    grow with the elapsed time (Che et al. 2018, "Recurrent Neural Networks for Multivariate Time
+    Series with Missing Values", feed the same last values and intervals to GRU-D).
+    """
+
+    def __init__(self, inner: MaskedEmission):
+        if inner.context_dim <= 3 * inner.dim:
+            raise ValueError(
+                f"the inner emission's context_dim ({inner.context_dim}) must exceed "
+                f"3 * dim ({3 * inner.dim})"
+            )
+        super().__init__(inner.dim, inner.context_dim)
+        self.inner = inner
+        self.n_statistics = inner.n_statistics
+
+    def shift(self, context: Tensor) -> Tensor:
+        """``seen * last`` from the context's last three blocks: ``(..., dim)``."""
+        d = self.dim
+        last, seen = context[..., -3 * d : -2 * d], context[..., -2 * d : -d]
+        return last * seen
+
+    def log_prob_terms(self, y: Tensor, mask: Tensor, context: Tensor) -> Tensor:
+        return self.inner.log_prob_terms(y - self.shift(context), mask, context)
+
+    def statistics(self, y: Tensor, mask: Tensor, context: Tensor) -> Tensor:
+        return self.inner.statistics(y - self.shift(context), mask, context)
+
+    def log_prob_and_statistics(self, y: Tensor, mask: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
+        return self.inner.log_prob_and_statistics(y - self.shift(context), mask, context)
+
+    def sample(self, context: Tensor, n: int = 1) -> Tensor:
+        return self.inner.sample(context, n) + self.shift(context)
+
+    def mean(self, context: Tensor, n_samples: int = 256) -> Tensor:
+        return self.inner.mean(context, n_samples) + self.shift(context)
+
+    def quantile(self, context: Tensor, q: float | Tensor) -> Tensor:
+        """Exact marginal quantiles ``(batch, dim)`` where the inner emission has them."""
+        if not hasattr(self.inner, "quantile"):
+            raise NotImplementedError(f"{type(self.inner).__name__} has no closed-form quantiles")
+        return self.inner.quantile(context, q) + self.shift(context)
 
 
 EMISSIONS = {

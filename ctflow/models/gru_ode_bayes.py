@@ -20,7 +20,7 @@ from torch import Tensor, nn
 
 from ..data.irregular import IrregularBatch
 from ..dynamics.gru_ode import GRUBayes, GRUODECell
-from ..flows.masked import GaussianEmission, MaskedEmission, make_emission
+from ..flows.masked import LastValueEmission, MaskedEmission, make_emission
 from ..ode import NFECounter, SolverOptions, fixed_step_plan, integrate_intervals
 
 __all__ = ["GRUODEBayes", "FilterState", "PredictiveDistribution"]
@@ -28,14 +28,38 @@ __all__ = ["GRUODEBayes", "FilterState", "PredictiveDistribution"]
 
 @dataclass
 class FilterState:
-    """Hidden state of each series after its last observation, and that observation's time."""
+    """Hidden state of each series after its last observation, and that observation's time.
+
+    With ``carry_forward`` models, also each variable's last observed value ``last (B, D)``, the
+    time it was observed ``last_time (B, D)`` and whether it has been ``seen (B, D)``.
+    """
 
     h: Tensor
     time: Tensor
+    last: Tensor | None = None
+    last_time: Tensor | None = None
+    seen: Tensor | None = None
 
     def repeat(self, n: int) -> FilterState:
         """``n`` copies of every series, copy-major: row ``i * B + b`` is copy ``i`` of series ``b``."""
-        return FilterState(self.h.repeat(n, 1), self.time.repeat(n))
+
+        def rep(x: Tensor | None) -> Tensor | None:
+            return None if x is None else x.repeat(n, *([1] * (x.dim() - 1)))
+
+        return FilterState(rep(self.h), rep(self.time), rep(self.last), rep(self.last_time), rep(self.seen))
+
+    def observe(self, y: Tensor, mask: Tensor, t: Tensor) -> FilterState:
+        """The carried values after observing ``y`` where ``mask`` at times ``t (B,)``."""
+        if self.last is None:
+            return self
+        hit = mask > 0
+        return FilterState(
+            self.h,
+            self.time,
+            torch.where(hit, y, self.last),
+            torch.where(hit, t.unsqueeze(-1).to(self.last), self.last_time),
+            torch.where(hit, torch.ones_like(self.seen), self.seen),
+        )
 
 
 class PredictiveDistribution:
@@ -57,9 +81,10 @@ class PredictiveDistribution:
         return self.emission.sample(self.h, n)
 
     def quantile(self, q: float, n_samples: int = 1000) -> Tensor:
-        if isinstance(self.emission, GaussianEmission):
+        try:
             return self.emission.quantile(self.h, q)
-        return torch.quantile(self.sample(n_samples), q, dim=0)
+        except (AttributeError, NotImplementedError):
+            return torch.quantile(self.sample(n_samples), q, dim=0)
 
 
 class GRUODEBayes(nn.Module):
@@ -84,7 +109,16 @@ class GRUODEBayes(nn.Module):
         update_dropout: in training, the probability that an observation row is scored but not
             used to update the state, so the model also learns to predict further ahead than the
             next observation (what multi-step forecasts need).
+        forecast_cut: in training, the probability that a series is cut after a random number
+            (at least one) of its observations; the observations after the cut are scored but not
+            used to update the state, which trains the multi-step predictive that forecasts from
+            a context use.
         start_time: time at which every series starts from ``h0`` (``None``: its first observation).
+        carry_forward: the emission also sees each variable's last observed value, whether it
+            was observed and the log of one plus the time since, and models the change from that
+            value (:class:`ctflow.flows.masked.LastValueEmission`): persistence is then the
+            default the hidden state corrects, which suits slowly varying, sparsely measured
+            variables such as laboratory values.
     """
 
     def __init__(
@@ -99,17 +133,25 @@ class GRUODEBayes(nn.Module):
         solver: SolverOptions | dict | None = None,
         post_jump_weight: float = 0.1,
         update_dropout: float = 0.0,
+        forecast_cut: float = 0.0,
         start_time: float | None = 0.0,
+        carry_forward: bool = False,
     ):
         super().__init__()
         if n_variables < 1 or hidden_size < 1:
             raise ValueError("n_variables and hidden_size must be positive")
         self.n_variables, self.hidden_size = n_variables, hidden_size
+        self.carry_forward = bool(carry_forward)
+        context_dim = hidden_size + 3 * n_variables if self.carry_forward else hidden_size
         if isinstance(emission, str):
             options = {"hidden": (p_hidden,), **(emission_options or {})}
-            emission = make_emission(emission, n_variables, hidden_size, **options)
+            emission = make_emission(emission, n_variables, context_dim, **options)
         elif not isinstance(emission, MaskedEmission):
             raise TypeError(f"emission must be a name or a MaskedEmission, got {type(emission).__name__}")
+        if emission.context_dim != context_dim:
+            raise ValueError(f"the emission's context_dim must be {context_dim}, got {emission.context_dim}")
+        if self.carry_forward and not isinstance(emission, LastValueEmission):
+            emission = LastValueEmission(emission)
         self.emission = emission
         self.ode = GRUODECell(hidden_size)
         self.bayes = GRUBayes(n_variables, emission.n_statistics, prep_hidden, hidden_size)
@@ -125,6 +167,9 @@ class GRUODEBayes(nn.Module):
         if not 0 <= update_dropout < 1:
             raise ValueError(f"update_dropout must lie in [0, 1), got {update_dropout!r}")
         self.update_dropout = float(update_dropout)
+        if not 0 <= forecast_cut <= 1:
+            raise ValueError(f"forecast_cut must lie in [0, 1], got {forecast_cut!r}")
+        self.forecast_cut = float(forecast_cut)
         self.start_time = start_time
         self.nfe = NFECounter(nn.Identity())
 
@@ -147,7 +192,24 @@ class GRUODEBayes(nn.Module):
             t0 = batch.times[:, 0].to(ref) if batch.times.shape[1] else ref.new_zeros(b)
         else:
             t0 = torch.full((b,), float(self.start_time), dtype=ref.dtype, device=ref.device)
-        return FilterState(h, t0)
+        if not self.carry_forward:
+            return FilterState(h, t0)
+        zeros = ref.new_zeros(b, self.n_variables)
+        return FilterState(h, t0, zeros, zeros, zeros)
+
+    def context(self, h: Tensor, state: FilterState, t: Tensor) -> Tensor:
+        """The emission's context at times ``t``: ``h (..., H)``, plus with ``carry_forward`` the
+        carried values of ``state`` (rows of ``h``'s leading dimension) and the time since them."""
+        if not self.carry_forward:
+            return h
+        shape = (*h.shape[:-1], self.n_variables)
+        extra = h.dim() - 2
+        last, last_time, seen = (
+            x.view(x.shape[0], *([1] * extra), -1).expand(shape)
+            for x in (state.last, state.last_time, state.seen)
+        )
+        elapsed = (t.unsqueeze(-1) - last_time).clamp_min(0)
+        return torch.cat([h, last * seen, seen, torch.log1p(elapsed) * seen], dim=-1)
 
     def _plan(self, dts: Tensor) -> list[int | None]:
         """Fixed-step step counts for each column of intervals ``dts (B, K)`` (one device read)."""
@@ -157,9 +219,6 @@ class GRUODEBayes(nn.Module):
         if n_steps == 0:
             return h
         return integrate_intervals(self.ode, h, dt, self.solver, n_steps, counter=self.nfe)
-
-    def _jump(self, h: Tensor, y: Tensor, mask: Tensor) -> Tensor:
-        return self.bayes(h, self.emission.statistics(y, mask, h), mask)
 
     # ------------------------------------------------------------------ sequence-model API
 
@@ -172,27 +231,40 @@ class GRUODEBayes(nn.Module):
         if self.start_time is not None and dts.numel() and float(dts.min()) < 0:
             raise ValueError(f"observation times must be >= start_time={self.start_time}")
         plan = self._plan(dts)
+        cut = self._training_cuts(batch.lengths.to(h.device)) if score and self.training else None
         nll_pre = h.new_zeros(())
         nll_post = h.new_zeros(())
         for k, n_steps in enumerate(plan):
             h = self._advance(h, dts[:, k], n_steps)
             y, m = values[:, k], mask[:, k]
-            log_prob, stats = self.emission.log_prob_and_statistics(y, m, h)
+            log_prob, stats = self.emission.log_prob_and_statistics(y, m, self.context(h, state, times[:, k]))
             if score:
                 nll_pre = nll_pre - log_prob.sum()
             if score and self.training and self.update_dropout:
                 keep = torch.rand(m.shape[0], 1, device=m.device) >= self.update_dropout
                 m = m * keep.to(m.dtype)
+            if cut is not None:
+                m = m * (k < cut).to(m.dtype).unsqueeze(-1)
             h = self.bayes(h, stats, m)
             if score and self.post_jump_weight:
-                nll_post = nll_post - self.emission.log_prob(y, m, h).sum()
+                # The carried values before this observation: after it, the change would be zero.
+                nll_post = nll_post - self.emission.log_prob(y, m, self.context(h, state, times[:, k])).sum()
+            state = state.observe(y, m, times[:, k])
         last = (batch.lengths.to(h.device) - 1).clamp_min(0)
         t_last = torch.where(
             batch.lengths.to(h.device) > 0,
             times.gather(1, last.unsqueeze(1)).squeeze(1) if times.shape[1] else state.time,
             state.time,
         )
-        return FilterState(h, t_last), nll_pre, nll_post
+        return FilterState(h, t_last, state.last, state.last_time, state.seen), nll_pre, nll_post
+
+    def _training_cuts(self, lengths: Tensor) -> Tensor | None:
+        """Index of each series' first observation not used for updates (its length if uncut)."""
+        if not self.forecast_cut:
+            return None
+        cut_here = torch.rand(lengths.shape, device=lengths.device) < self.forecast_cut
+        first = 1 + (torch.rand(lengths.shape, device=lengths.device) * (lengths - 1).clamp_min(0)).long()
+        return torch.where(cut_here & (lengths > 1), first, lengths)
 
     def loss(self, batch: IrregularBatch) -> Tensor:
         """Mean negative log-likelihood per observed value: pre-jump + weighted post-jump."""
@@ -230,7 +302,7 @@ class GRUODEBayes(nn.Module):
             h = self._advance(h, dts[:, k], n_steps)
             hs.append(h)
         h_all = torch.stack(hs, dim=1) if hs else state.h.new_zeros(state.h.shape[0], 0, self.hidden_size)
-        return PredictiveDistribution(self.emission, h_all)
+        return PredictiveDistribution(self.emission, self.context(h_all, state, times))
 
     def sample_paths(self, state: FilterState, times: Tensor, n: int) -> Tensor:
         """Joint samples ``(n, B, Q, D)`` over the query times: sample, update as if observed, continue."""
@@ -242,15 +314,19 @@ class GRUODEBayes(nn.Module):
         dts = torch.diff(torch.cat([state.time.unsqueeze(1), times], dim=1), dim=1)
         plan = self._plan(dts)
         dts = dts.repeat(n, 1)
+        times = times.repeat(n, 1)
         h, out = rep.h, []
         full = torch.ones(h.shape[0], self.n_variables, dtype=h.dtype, device=h.device)
         for k, n_steps in enumerate(plan):
             h = self._advance(h, dts[:, k], n_steps)
-            y = self.emission.sample(h, 1)[0]
+            context = self.context(h, rep, times[:, k])
+            y = self.emission.sample(context, 1)[0]
             out.append(y)
-            h = self._jump(h, y, full)
+            h = self.bayes(h, self.emission.statistics(y, full, context), full)
+            rep = rep.observe(y, full, times[:, k])
         paths = torch.stack(out, dim=1) if out else h.new_zeros(h.shape[0], 0, self.n_variables)
         return paths.view(n, b, -1, self.n_variables)
 
     def extra_repr(self) -> str:
-        return f"solver={self.solver.method}, step_size={self.solver.step_size}"
+        solver = f"solver={self.solver.method}, step_size={self.solver.step_size}"
+        return f"{solver}, carry_forward={self.carry_forward}"
