@@ -147,6 +147,11 @@ def add_fit_parser(commands: argparse._SubParsersAction) -> None:
         "--emission", default="gaussian", help="gaussian, mixlogistic or maf (default: %(default)s)"
     )
     p.add_argument("--hidden-size", type=int, default=32, help="hidden state width (default: %(default)s)")
+    p.add_argument(
+        "--model-options",
+        metavar="JSON",
+        help='further model arguments as a JSON object, e.g. \'{"carry_forward": true}\'',
+    )
     p.add_argument("--max-epochs", type=int, default=100, help="(default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=32, help="series per step (default: %(default)s)")
     p.add_argument("--lr", type=float, default=3e-3, help="learning rate (default: %(default)s)")
@@ -171,6 +176,18 @@ def add_fit_parser(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_fit)
 
 
+def _model_options(text: str | None) -> dict | None:
+    if text is None:
+        return None
+    try:
+        options = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ValueError(f"--model-options must be a JSON object, got {text!r} ({err.msg})") from None
+    if not isinstance(options, dict):
+        raise ValueError(f"--model-options must be a JSON object, got {type(options).__name__}")
+    return options
+
+
 def run_fit(args: argparse.Namespace) -> int:
     from .estimator import Forecaster
 
@@ -182,6 +199,7 @@ def run_fit(args: argparse.Namespace) -> int:
     est = Forecaster(
         model=args.model,
         emission=args.emission,
+        model_options=_model_options(args.model_options),
         hidden_size=args.hidden_size,
         p_hidden=args.hidden_size,
         prep_hidden=max(1, args.hidden_size // 2),

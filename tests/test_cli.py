@@ -53,6 +53,16 @@ def test_fit_forecast_evaluate(files, tmp_path, capsys):
     assert result["score"] == pytest.approx(Forecaster.load(root / "model").score(df), rel=1e-9)
 
 
+def test_fit_passes_model_options(files, tmp_path):
+    root = files[0]
+    options = '{"carry_forward": true, "forecast_cut": 0.5}'
+    argv = ["fit", str(root / "train.csv"), "--out", str(tmp_path / "m"), *FIT, "--model-options", options]
+    assert main(argv) == 0
+    loaded = Forecaster.load(tmp_path / "m")
+    assert loaded.model_options == {"carry_forward": True, "forecast_cut": 0.5}
+    assert loaded.model_.carry_forward and loaded.model_.forecast_cut == 0.5
+
+
 def test_forecast_at_query_times_with_a_plot(files, tmp_path):
     root, df, _ = files
     last = df.groupby("unique_id")["ds"].max()
@@ -150,6 +160,18 @@ def _bad_cases(root, tmp):
             "no value column 'y9'",
         ),
         "bad-epochs": (["fit", train, "--out", str(tmp / "m"), "--max-epochs", "0"], "max_epochs"),
+        "bad-model-options": (
+            ["fit", train, "--out", str(tmp / "m"), "--model-options", "{carry_forward: 1}"],
+            "--model-options must be a JSON object",
+        ),
+        "model-options-not-object": (
+            ["fit", train, "--out", str(tmp / "m"), "--model-options", "[1, 2]"],
+            "--model-options must be a JSON object, got list",
+        ),
+        "unknown-model-option": (
+            ["fit", train, "--out", str(tmp / "m"), "--model-options", '{"nope": 1}'],
+            "'nope'",
+        ),
         "not-dates": (["fit", train, "--out", str(tmp / "m"), "--datetime", "--time-col", "y1"], "y1"),
         "broken-csv": (["fit", str(tmp / "broken.csv"), "--out", str(tmp / "m")], "broken.csv"),
         "no-model": (
@@ -188,6 +210,9 @@ CASES = [
     "bad-id-col",
     "bad-value-col",
     "bad-epochs",
+    "bad-model-options",
+    "model-options-not-object",
+    "unknown-model-option",
     "not-dates",
     "broken-csv",
     "no-model",
