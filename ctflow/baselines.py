@@ -1,7 +1,8 @@
-"""Naive probabilistic baseline: the last observed value plus empirical residuals per horizon."""
+"""Naive probabilistic baselines: a level from the past values plus empirical residuals per horizon."""
 
 from __future__ import annotations
 
+import numbers
 from collections.abc import Sequence
 from typing import Any
 
@@ -12,7 +13,7 @@ from .data.prepare import PreparedSeries, check_frame, prepare_series, query_gri
 from .data.timecodec import TimeCodec
 from .forecast import Forecast
 
-__all__ = ["LastValueBaseline"]
+__all__ = ["LastValueBaseline", "SmoothedLevelBaseline"]
 
 
 class LastValueBaseline:
@@ -41,6 +42,7 @@ class LastValueBaseline:
         values = check_frame(df, id_col, time_col, value_cols)
         self.codec_ = TimeCodec.fit(df[time_col], df[id_col], time_unit, time_col)
         self.id_col_, self.time_col_, self.value_cols_ = id_col, time_col, values
+        self._fit_level()
         series = prepare_series(df, id_col, time_col, values, self.codec_)
         rng = np.random.default_rng(self.random_state)
         times, vals, mask = series.raw.times.numpy(), series.raw.values.numpy(), series.raw.mask.numpy() > 0
@@ -48,6 +50,7 @@ class LastValueBaseline:
         self.residuals_: list[list[np.ndarray]] = []
         self.marginal_: list[np.ndarray] = []
         for d in range(len(values)):
+            self.marginal_.append(vals[:, :, d][mask[:, :, d]])
             gaps, res = [], []
             for b in range(len(series)):
                 obs = np.flatnonzero(mask[b, :, d])
@@ -56,8 +59,7 @@ class LastValueBaseline:
                 t, y = times[b, obs], vals[b, obs, d]
                 i, j = np.triu_indices(len(obs), k=1)
                 gaps.append(t[j] - t[i])
-                res.append(y[j] - y[i])
-            self.marginal_.append(vals[:, :, d][mask[:, :, d]])
+                res.append(y[j] - self._levels(t, y, d)[i])
             if not gaps:
                 self.edges_.append(np.array([np.inf]))
                 self.residuals_.append([self.marginal_[-1] - self.marginal_[-1].mean()])
@@ -71,6 +73,13 @@ class LastValueBaseline:
             self.edges_.append(inner)
             self.residuals_.append([r[bins == k] if (bins == k).any() else r for k in range(len(inner) + 1)])
         return self
+
+    def _fit_level(self) -> None:
+        """Check the options of the level once the time codec is known (none here)."""
+
+    def _levels(self, t: np.ndarray, y: np.ndarray, d: int) -> np.ndarray:
+        """The level after each observation of one series' variable ``d``: the value itself."""
+        return y
 
     def _last_values(self, context: PreparedSeries) -> tuple[np.ndarray, np.ndarray]:
         """Per series and variable: last observed value and its time (NaN when never observed)."""
@@ -103,7 +112,7 @@ class LastValueBaseline:
                 if not len(obs):
                     continue
                 t, y = times[b, obs], vals[b, obs, d]
-                mu = np.concatenate(([m_mean], y[:-1]))
+                mu = np.concatenate(([m_mean], self._levels(t, y, d)[:-1]))
                 bins = np.searchsorted(self.edges_[d], np.diff(t), side="right")
                 s = np.concatenate(([m_sd], sd[bins]))
                 total += float((-0.5 * ((y - mu) / s) ** 2 - np.log(s) - 0.5 * np.log(2 * np.pi)).sum())
@@ -148,3 +157,68 @@ class LastValueBaseline:
             id_col=self.id_col_,
             time_col=self.time_col_,
         )
+
+
+class SmoothedLevelBaseline(LastValueBaseline):
+    """Exponential smoothing in continuous time, shrunk to the training mean, with empirical residuals.
+
+    The level of variable ``d`` after its observations ``y_1 .. y_n`` at times ``t_1 .. t_n`` is
+    ``(sum_k w_k y_k + shrinkage * m_d) / (sum_k w_k + shrinkage)`` with weights
+    ``w_k = exp(-(t_n - t_k) / time_scale)`` and ``m_d`` the training mean: an exponentially
+    weighted mean for irregular times (Wright 1986, "Forecasting data published at irregular time
+    intervals using an extension of Holt's method"), pulled towards the population mean when few
+    recent observations support it. Forecasts add training residuals of the same horizon bin, as
+    :class:`LastValueBaseline` (its limit ``time_scale -> 0``, ``shrinkage = 0``).
+
+    Args:
+        time_scale: decay time of the weights: a number in the time unit of the data (of the
+            inferred or given ``time_unit`` for datetimes) or a timedelta.
+        shrinkage: weight of the training mean, in observations.
+    """
+
+    def __init__(
+        self,
+        time_scale: float | pd.Timedelta = 1.0,
+        shrinkage: float = 0.0,
+        n_bins: int = 10,
+        max_pairs: int = 200_000,
+        random_state: int | None = 0,
+    ):
+        super().__init__(n_bins, max_pairs, random_state)
+        self.time_scale, self.shrinkage = time_scale, shrinkage
+
+    def fit(self, df: pd.DataFrame, *args: Any, **kwargs: Any) -> SmoothedLevelBaseline:
+        if isinstance(self.shrinkage, bool) or not isinstance(self.shrinkage, numbers.Real):
+            raise TypeError(f"shrinkage must be a number, got {type(self.shrinkage).__name__}")
+        if not (np.isfinite(self.shrinkage) and self.shrinkage >= 0):
+            raise ValueError(f"shrinkage must be a finite number >= 0, got {self.shrinkage!r}")
+        return super().fit(df, *args, **kwargs)
+
+    def _fit_level(self) -> None:
+        try:
+            self.decay_time_ = float(self.codec_.offsets([self.time_scale])[0])
+        except (TypeError, ValueError) as err:
+            message = (
+                str(err).replace("horizon offsets", "time_scale").replace("horizon offset", "time_scale")
+            )
+            raise type(err)(f"{message} (time_scale={self.time_scale!r})") from None
+
+    def _levels(self, t: np.ndarray, y: np.ndarray, d: int) -> np.ndarray:
+        prior = float(self.marginal_[d].mean()) if len(self.marginal_[d]) else 0.0
+        decay = np.exp(-np.diff(t, prepend=t[:1]) / self.decay_time_)
+        weighted, weight = 0.0, 0.0
+        out = np.empty(len(y))
+        for k in range(len(y)):
+            weighted = weighted * decay[k] + y[k]
+            weight = weight * decay[k] + 1.0
+            out[k] = (weighted + self.shrinkage * prior) / (weight + self.shrinkage)
+        return out
+
+    def _last_values(self, context: PreparedSeries) -> tuple[np.ndarray, np.ndarray]:
+        last, when = super()._last_values(context)
+        times, vals = context.raw.times.numpy(), context.raw.values.numpy()
+        mask = context.raw.mask.numpy() > 0
+        for b, d in zip(*np.nonzero(np.isfinite(last)), strict=True):
+            obs = np.flatnonzero(mask[b, :, d])
+            last[b, d] = self._levels(times[b, obs], vals[b, obs, d], d)[-1]
+        return last, when

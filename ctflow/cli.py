@@ -150,7 +150,7 @@ def add_fit_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--model-options",
         metavar="JSON",
-        help='further model arguments as a JSON object, e.g. \'{"carry_forward": true}\'',
+        help="further model arguments as a JSON object, e.g. '{\"carry_forward\": true}'",
     )
     p.add_argument("--max-epochs", type=int, default=100, help="(default: %(default)s)")
     p.add_argument("--batch-size", type=int, default=32, help="series per step (default: %(default)s)")
