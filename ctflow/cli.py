@@ -22,13 +22,14 @@ import json
 import math
 import os
 import sys
-import tempfile
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from .checkpoint import atomic_write
 
 __all__ = ["build_parser", "main"]
 
@@ -100,19 +101,6 @@ def read_series(
         except (ValueError, TypeError) as err:
             raise InputError(f"{path}: column {time_col!r} does not parse as time spans ({err})") from err
     return df
-
-
-def _atomic_write(target: Path, write: Callable[[Path], None]) -> None:
-    """Call ``write`` on a temporary file next to ``target``, then rename it over ``target``."""
-    target.parent.mkdir(parents=True, exist_ok=True)
-    handle, name = tempfile.mkstemp(prefix=f".{target.name}.", suffix=target.suffix, dir=target.parent)
-    os.close(handle)
-    tmp = Path(name)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def parse_offset(text: str) -> float | pd.Timedelta:
@@ -306,7 +294,7 @@ def _plot(forecast: Any, series: list[Any], path: Path) -> None:
             axes[i][j].set_title(f"{sid}: {name}", fontsize=9)
     fig.tight_layout()
     try:
-        _atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
+        atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     finally:
         plt.close(fig)
 
@@ -320,7 +308,7 @@ def run_forecast(args: argparse.Namespace) -> int:
     series = _pick_series(fc.queries[est.id_col_], args.plot_series) if args.plot else []
     if args.plot:
         _plot(fc, series, Path(args.plot))
-    _atomic_write(Path(args.output), lambda tmp: table.to_csv(tmp, index=False))
+    atomic_write(Path(args.output), lambda tmp: table.to_csv(tmp, index=False))
     print(f"wrote {len(table)} rows ({len(fc)} queries x {len(fc.variables)} variables) to {args.output}")
     return 0
 

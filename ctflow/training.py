@@ -33,7 +33,13 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from .checkpoint import (
+    atomic_write,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
 from .data.irregular import IrregularBatch
 from .distributed import DistContext, launched_by_torchrun, setup
 from .flows.base import set_validation, validation_enabled
@@ -538,10 +544,8 @@ def _finite_parameters(module: nn.Module) -> bool:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2, default=float))
-    os.replace(tmp, path)
+    text = json.dumps(obj, indent=2, default=float)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def _train_loop(

@@ -37,6 +37,7 @@ import torch
 
 from ctflow import Forecast, Forecaster
 from ctflow.baselines import LastValueBaseline
+from ctflow.checkpoint import atomic_write
 from ctflow.data import load_double_ou, load_pbcseq
 
 RESULTS = Path(__file__).resolve().parent / "results"
@@ -243,16 +244,13 @@ def main() -> None:
     text = report(splits, summaries)
     print(text)
     if not args.quick:
-        RESULTS.mkdir(parents=True, exist_ok=True)
         suffix = "_".join(args.datasets)
         payload = json.dumps({"summaries": summaries, "splits": splits}, indent=2, default=str)
         for path, content in (
             (RESULTS / f"forecast_study_{suffix}.json", payload),
             (RESULTS / f"forecast_study_{suffix}.md", text),
         ):
-            tmp = path.with_suffix(path.suffix + ".tmp")
-            tmp.write_text(content)
-            tmp.replace(path)
+            atomic_write(path, lambda tmp, body=content: tmp.write_text(body))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,7 @@ import json
 import numpy as np
 
 from ctflow.baselines import LastValueBaseline, SmoothedLevelBaseline
+from ctflow.checkpoint import atomic_write
 from experiments.forecast_study import RESULTS, load, scores
 
 TIME_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)  # years
@@ -86,14 +87,11 @@ def main() -> None:
         print(f"split {seed}: selected {results[-1]['selected']}", flush=True)
     text = report(results)
     print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
     for path, content in (
         (RESULTS / "pbcseq_baselines.json", json.dumps(results, indent=2)),
         (RESULTS / "pbcseq_baselines.md", text),
     ):
-        tmp = path.with_suffix(path.suffix + ".tmp")
-        tmp.write_text(content)
-        tmp.replace(path)
+        atomic_write(path, lambda tmp, body=content: tmp.write_text(body))
 
 
 if __name__ == "__main__":

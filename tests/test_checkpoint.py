@@ -8,7 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from ctflow.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from ctflow.checkpoint import (
+    atomic_write,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
 
 
 def test_round_trip_and_rng_restore(tmp_path):
@@ -52,3 +58,18 @@ def test_errors(tmp_path):
     torch.save(torch.zeros(2), tmp_path / "t.pt")
     with pytest.raises(ValueError, match="checkpoint dict"):
         load_checkpoint(tmp_path / "t.pt")
+
+
+def test_atomic_write_replaces_whole_files_or_nothing(tmp_path):
+    target = tmp_path / "sub" / "out.json"
+    assert atomic_write(target, lambda tmp: tmp.write_text("first")) == target
+    assert target.read_text() == "first"
+
+    def fail(tmp):
+        tmp.write_text("half")
+        raise OSError("disk full")
+
+    with pytest.raises(OSError, match="disk full"):
+        atomic_write(target, fail)
+    assert target.read_text() == "first"
+    assert [p.name for p in target.parent.iterdir()] == ["out.json"]

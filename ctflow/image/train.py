@@ -41,7 +41,13 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from ctflow.checkpoint import capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from ctflow.checkpoint import (
+    atomic_write,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
 from ctflow.distributed import DistContext, setup
 from ctflow.flows.glow import ActNorm
 
@@ -159,9 +165,8 @@ def save_sample_grid(images: Tensor, path: str | os.PathLike, levels: int, ncol:
 
 
 def _write_json(path: Path, obj: Any) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(json.dumps(obj, indent=2))
-    os.replace(tmp, path)
+    text = json.dumps(obj, indent=2)
+    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def _seed_all(seed: int) -> None:
