@@ -203,22 +203,35 @@ class SmoothedLevelBaseline(LastValueBaseline):
             )
             raise type(err)(f"{message} (time_scale={self.time_scale!r})") from None
 
-    def _levels(self, t: np.ndarray, y: np.ndarray, d: int) -> np.ndarray:
-        prior = float(self.marginal_[d].mean()) if len(self.marginal_[d]) else 0.0
-        decay = np.exp(-np.diff(t, prepend=t[:1]) / self.decay_time_)
-        weighted, weight = 0.0, 0.0
-        out = np.empty(len(y))
-        for k in range(len(y)):
-            weighted = weighted * decay[k] + y[k]
-            weight = weight * decay[k] + 1.0
-            out[k] = (weighted + self.shrinkage * prior) / (weight + self.shrinkage)
+    def _smoothed(self, times: np.ndarray, values: np.ndarray, mask: np.ndarray) -> np.ndarray:
+        """Levels after each row of series ``(B, N)`` times and ``(B, N, D)`` values observed where
+        ``mask``: the recursion over rows runs on every series and variable at once."""
+        prior = np.array([m.mean() if len(m) else 0.0 for m in self.marginal_])
+        weighted = np.zeros(values.shape[::2])
+        weight = np.zeros_like(weighted)
+        seen_at = np.zeros_like(weighted)
+        out = np.empty(values.shape)
+        for k in range(values.shape[1]):
+            hit = mask[:, k]
+            t = times[:, k, None]
+            decay = np.exp(-np.where(hit, t - seen_at, 0.0) / self.decay_time_)
+            weighted = np.where(hit, weighted * decay + np.where(hit, values[:, k], 0.0), weighted)
+            weight = np.where(hit, weight * decay + 1.0, weight)
+            seen_at = np.where(hit, t, seen_at)
+            den = weight + self.shrinkage  # zero before a variable's first observation (no level)
+            np.divide(weighted + self.shrinkage * prior, den, out=out[:, k], where=den > 0)
+            out[:, k][den == 0] = np.nan
         return out
+
+    def _levels(self, t: np.ndarray, y: np.ndarray, d: int) -> np.ndarray:
+        values = np.zeros((1, len(y), len(self.marginal_)))
+        values[0, :, d] = y
+        mask = np.zeros(values.shape, dtype=bool)
+        mask[0, :, d] = True
+        return self._smoothed(t[None], values, mask)[0, :, d]
 
     def _last_values(self, context: PreparedSeries) -> tuple[np.ndarray, np.ndarray]:
         last, when = super()._last_values(context)
-        times, vals = context.raw.times.numpy(), context.raw.values.numpy()
-        mask = context.raw.mask.numpy() > 0
-        for b, d in zip(*np.nonzero(np.isfinite(last)), strict=True):
-            obs = np.flatnonzero(mask[b, :, d])
-            last[b, d] = self._levels(times[b, obs], vals[b, obs, d], d)[-1]
-        return last, when
+        raw = context.raw
+        levels = self._smoothed(raw.times.numpy(), raw.values.numpy(), raw.mask.numpy() > 0)
+        return np.where(np.isfinite(last), levels[:, -1], last), when

@@ -81,10 +81,13 @@ class PredictiveDistribution:
         return self.emission.sample(self.h, n)
 
     def quantile(self, q: float, n_samples: int = 1000) -> Tensor:
-        try:
-            return self.emission.quantile(self.h, q)
-        except (AttributeError, NotImplementedError):
-            return torch.quantile(self.sample(n_samples), q, dim=0)
+        exact = getattr(self.emission, "quantile", None)
+        if exact is not None:
+            try:
+                return exact(self.h, q)
+            except NotImplementedError:  # a wrapper whose inner emission has no closed form
+                pass
+        return torch.quantile(self.sample(n_samples), q, dim=0)
 
 
 class GRUODEBayes(nn.Module):
