@@ -58,6 +58,13 @@ class DistContext:
             dist.all_reduce(t, op=dist.ReduceOp.SUM)
         return t
 
+    def from_main(self, value: float | torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
+        """Rank 0's ``value`` (float64) on every rank: one clock, one seed, one validation score."""
+        t = torch.as_tensor(value, dtype=torch.float64, device=device).clone()
+        if self.enabled:
+            dist.broadcast(t, src=0)
+        return t
+
     def any(self, flag: bool, device: torch.device | None = None) -> bool:
         """True on every rank when ``flag`` is true on some rank (keeps control flow in step)."""
         if not self.enabled:

@@ -619,7 +619,7 @@ def _train_loop(
     if seed is None:
         seed = int(torch.randint(2**62, ()).item())
         if world > 1:  # every rank must draw the same data order
-            seed = int(dist_ctx.all_sum(seed if dist_ctx.is_main else 0))
+            seed = int(dist_ctx.from_main(seed))
     generator = torch.Generator().manual_seed(int(seed))
     clip = grad_clip if grad_clip is not None else math.inf
     counters = [m for m in module.modules() if isinstance(m, NFECounter)]
@@ -730,9 +730,7 @@ def _train_loop(
                 frac = progress()
                 over_time = time_limit is not None and time.perf_counter() - start >= time_limit
                 if world > 1:  # rank 0's clock decides for everyone
-                    synced = dist_ctx.all_sum(
-                        torch.tensor([frac, float(over_time)]) * (1.0 if dist_ctx.is_main else 0.0)
-                    )
+                    synced = dist_ctx.from_main(torch.tensor([frac, float(over_time)]))
                     frac, over_time = float(synced[0]), bool(synced[1] > 0)
                 if loop["attempted"] >= total_steps:
                     stop = "max_steps"
@@ -808,9 +806,7 @@ def _train_loop(
             if loop["reg_count"]:
                 loop["reg_hist"].append(loop["reg_sum"] / loop["reg_count"])
             if val_loss is not None:
-                v = val_loss() if dist_ctx.is_main else 0.0
-                if world > 1:
-                    v = float(dist_ctx.all_sum(v))
+                v = float(dist_ctx.from_main(val_loss() if dist_ctx.is_main else 0.0))
                 loop["val_hist"].append(v)
                 if math.isfinite(v) and v < loop["best_val"]:
                     loop["best_val"], loop["best_epoch"], loop["bad_epochs"] = v, len(loop["val_hist"]) - 1, 0

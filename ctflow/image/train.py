@@ -48,7 +48,7 @@ from ctflow.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from ctflow.distributed import DistContext, setup
+from ctflow.distributed import setup
 from ctflow.flows.glow import ActNorm
 
 from . import MODELS, ImageFlow, bits_per_dim, build_image_flow
@@ -201,13 +201,6 @@ def _needs_data_init(model: nn.Module) -> bool:
     return any(isinstance(m, ActNorm) and not bool(m.initialized) for m in model.modules())
 
 
-def _rank0_decides(ctx: DistContext, flag: bool, device: torch.device) -> bool:
-    """Rank 0's ``flag`` on every rank."""
-    if not ctx.enabled:
-        return flag
-    return bool(ctx.all_sum(float(flag) if ctx.is_main else 0.0, device) > 0)
-
-
 def train(config: TrainConfig, data: ImageData | None = None) -> dict[str, Any]:
     """Train ``config.model`` on ``config.data`` (or the given ``data``); returns a summary dict."""
     if config.model not in MODELS:
@@ -335,16 +328,18 @@ def train(config: TrainConfig, data: ImageData | None = None) -> dict[str, Any]:
             if counted:
                 bar.set_postfix(bpd=f"{running / counted:.3f}")
             over = config.time_limit is not None and time.perf_counter() - t0 > config.time_limit
-            if config.time_limit is not None and _rank0_decides(ctx, over, device):
+            if config.time_limit is not None and bool(ctx.from_main(float(over), device)):
                 stopped = b + 1 < n_batches
                 batch_start = b + 1
                 break
         bar.close()
         finished_epoch = batch_start >= n_batches or not stopped
-        if ctx.is_main:
-            test_bpd = evaluate_bpd(model, data.test, data.levels, config.eval_batch_size, bf16=config.bf16)
-        if world > 1:  # rank 0's value on every rank
-            test_bpd = float(ctx.all_sum(test_bpd if ctx.is_main else 0.0, device))
+        test_bpd = (
+            evaluate_bpd(model, data.test, data.levels, config.eval_batch_size, bf16=config.bf16)
+            if ctx.is_main
+            else 0.0
+        )
+        test_bpd = float(ctx.from_main(test_bpd, device))  # rank 0's value on every rank
         if ctx.is_main:
             log.append(
                 {
@@ -366,7 +361,7 @@ def train(config: TrainConfig, data: ImageData | None = None) -> dict[str, Any]:
         if ctx.is_main:
             checkpoint(epoch, batch_start)
         over = config.time_limit is not None and time.perf_counter() - t0 > config.time_limit
-        if config.time_limit is not None and _rank0_decides(ctx, over, device):
+        if config.time_limit is not None and bool(ctx.from_main(float(over), device)):
             stopped = True
     if ctx.is_main:
         _write_json(
