@@ -16,6 +16,7 @@ context and touches nothing. Training code then
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 
@@ -50,6 +51,17 @@ class DistContext:
         base, extra = divmod(n, self.world_size)
         start = self.rank * base + min(self.rank, extra)
         return indices[start : start + base + (1 if self.rank < extra else 0)]
+
+    def batches_per_epoch(self, n_items: int, batch_size: int, what: str = "items") -> int:
+        """Global batches of ``batch_size * world_size`` items per epoch: a last batch too small to
+        give every rank a part is dropped; too few items for the ranks is a ValueError."""
+        global_batch = batch_size * self.world_size
+        n_batches = math.ceil(n_items / global_batch)
+        if self.enabled and 0 < n_items % global_batch < self.world_size:
+            n_batches = n_items // global_batch
+        if n_batches < 1:
+            raise ValueError(f"{n_items} training {what} are too few for {self.world_size} processes")
+        return n_batches
 
     def all_sum(self, value: float | torch.Tensor, device: torch.device | None = None) -> torch.Tensor:
         """Sum of a scalar over ranks (the value itself when not distributed)."""

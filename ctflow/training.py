@@ -608,11 +608,7 @@ def _train_loop(
     _, device = _dtype_device(module)
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     global_batch = batch_size * world
-    steps_per_epoch = math.ceil(n_train / global_batch)
-    if world > 1 and n_train % global_batch and n_train % global_batch < world:
-        steps_per_epoch = n_train // global_batch  # a last batch too small to give every rank a part
-    if steps_per_epoch < 1:
-        raise ValueError(f"{n_train} training items are too few for {world} processes")
+    steps_per_epoch = dist_ctx.batches_per_epoch(n_train, batch_size)
     total_steps = epochs * steps_per_epoch
     if max_steps is not None:
         total_steps = min(total_steps, max_steps)

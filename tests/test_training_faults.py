@@ -234,3 +234,15 @@ def test_two_gloo_processes_train_like_one_process_with_the_doubled_batch(tmp_pa
     assert evaluate_sequence_nll(ddp_model, data) == pytest.approx(
         evaluate_sequence_nll(single, data), abs=1e-5
     )
+
+
+def test_batches_per_epoch_drop_only_a_last_batch_too_small_to_share():
+    from ctflow.distributed import DistContext
+
+    assert DistContext().batches_per_epoch(10, 4) == 3
+    two = DistContext(rank=1, world_size=2)
+    assert two.batches_per_epoch(17, 4) == 2  # the last global batch of 1 item cannot feed 2 ranks
+    assert two.batches_per_epoch(18, 4) == 3  # 2 items: one each
+    assert two.batches_per_epoch(16, 4) == 2
+    with pytest.raises(ValueError, match="1 training images are too few for 2 processes"):
+        two.batches_per_epoch(1, 4, "images")

@@ -219,11 +219,7 @@ def train(config: TrainConfig, data: ImageData | None = None) -> dict[str, Any]:
     train_x = data.train
     n = train_x.shape[0]
     global_batch = config.batch_size * world
-    n_batches = math.ceil(n / global_batch)
-    if world > 1 and n % global_batch and n % global_batch < world:
-        n_batches = n // global_batch  # a last batch too small to give every rank a part
-    if n_batches < 1:
-        raise ValueError(f"{n} training images are too few for {world} processes")
+    n_batches = ctx.batches_per_epoch(n, config.batch_size, "images")
     _seed_all(config.seed)
     model = build_image_flow(config.model, data.shape, data.levels, **config.architecture()).to(device)
     optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
