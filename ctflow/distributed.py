@@ -19,11 +19,12 @@ from __future__ import annotations
 import math
 import os
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.distributed as dist
 
-__all__ = ["DistContext", "launched_by_torchrun", "setup", "teardown"]
+__all__ = ["DistContext", "launched_by_torchrun", "resolve_device", "setup", "teardown"]
 
 
 @dataclass(frozen=True)
@@ -91,6 +92,22 @@ class DistContext:
 def launched_by_torchrun() -> bool:
     """Whether the environment of a ``torchrun`` worker with more than one process is present."""
     return int(os.environ.get("WORLD_SIZE", "1")) > 1 and "RANK" in os.environ
+
+
+def resolve_device(device: Any) -> torch.device:
+    """``"auto"`` (or ``None``) is CUDA when available, else CPU; a CUDA device without a GPU is a
+    ValueError; under ``torchrun`` a CUDA device without an index is ``cuda:LOCAL_RANK``."""
+    if device is None or (isinstance(device, str) and device == "auto"):
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        resolved = torch.device(device)
+    except (RuntimeError, TypeError) as err:
+        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or a torch.device, got {device!r}") from err
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"device {device!r} was asked for but CUDA is not available")
+    if resolved.type == "cuda" and resolved.index is None and launched_by_torchrun():
+        resolved = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    return resolved
 
 
 def setup(device: torch.device | str | None = None) -> DistContext:

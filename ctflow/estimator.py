@@ -23,7 +23,7 @@ from . import __version__
 from .data.irregular import split_series
 from .data.prepare import PreparedSeries, QueryGrid, Scaling, check_frame, prepare_series, query_grid
 from .data.timecodec import TimeCodec
-from .distributed import launched_by_torchrun
+from .distributed import resolve_device
 from .forecast import Forecast, check_coverage, check_quantiles
 from .models.registry import build_model
 from .training import evaluate_sequence_nll, fit_model
@@ -33,20 +33,6 @@ __all__ = ["Forecaster"]
 FORMAT = "ctflow.Forecaster"
 FORMAT_VERSION = 1
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
-
-
-def _resolve_device(device: Any) -> torch.device:
-    if device is None or device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        resolved = torch.device(device)
-    except (RuntimeError, TypeError) as err:
-        raise ValueError(f"device must be 'auto', 'cpu', 'cuda' or a torch.device, got {device!r}") from err
-    if resolved.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError(f"device {device!r} was asked for but CUDA is not available")
-    if resolved.type == "cuda" and resolved.index is None and launched_by_torchrun():
-        resolved = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
-    return resolved
 
 
 @contextlib.contextmanager
@@ -220,7 +206,7 @@ class Forecaster(BaseEstimator):
         codec = TimeCodec.fit(df[time_col], df[id_col], time_unit, time_col)
         series = prepare_series(df, id_col, time_col, values, codec)
         scaling = Scaling.fit(series.raw)
-        device = _resolve_device(self.device)
+        device = resolve_device(self.device)
         kwargs = self._model_kwargs()
         batch = series.model_batch(scaling)
         seed = self.random_state
@@ -539,7 +525,7 @@ class Forecaster(BaseEstimator):
             model = build_model(est.model, len(values), **kwargs)
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{source / CONFIG_FILE} is incomplete or invalid: {err!r}") from err
-        resolved = _resolve_device(est.device)
+        resolved = resolve_device(est.device)
         try:
             state = load_file(str(source / WEIGHTS_FILE))
         except (SafetensorError, OSError, ValueError) as err:

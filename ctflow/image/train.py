@@ -48,7 +48,7 @@ from ctflow.checkpoint import (
     restore_rng_state,
     save_checkpoint,
 )
-from ctflow.distributed import setup
+from ctflow.distributed import resolve_device, setup
 from ctflow.flows.glow import ActNorm
 
 from . import MODELS, ImageFlow, bits_per_dim, build_image_flow
@@ -94,16 +94,6 @@ class TrainConfig:
             if value is not None:
                 arch[name] = value
         return arch
-
-
-def resolve_device(device: str | torch.device) -> torch.device:
-    """``"auto"`` is CUDA when available, else CPU; ``"cuda"`` without a GPU is a ValueError."""
-    if str(device) == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    device = torch.device(device)
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device 'cuda' was asked for but CUDA is not available")
-    return device
 
 
 @contextlib.contextmanager
