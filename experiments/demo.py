@@ -30,7 +30,8 @@ import torch
 
 from ctflow import Forecaster
 from ctflow.baselines import LastValueBaseline
-from experiments.forecast_study import CONFIGS, RESULTS, load, scores
+from experiments.forecast_study import CONFIGS, load, scores
+from experiments.results_io import RESULTS
 
 
 def main() -> None:

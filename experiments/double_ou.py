@@ -13,7 +13,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
 
@@ -26,8 +25,7 @@ from ctflow.data import (
     truncate,
 )
 from ctflow.models import GRUODEBayes
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from experiments.results_io import RESULTS, write_result
 
 
 def evaluate(model: GRUODEBayes, val: IrregularBatch, t_obs: float = 4.0) -> dict[str, float]:
@@ -157,9 +155,8 @@ def main() -> None:
         seed=args.seed,
         threads=args.threads,
     )
-    RESULTS.mkdir(parents=True, exist_ok=True)
     tag = args.tag or f"double_ou_{args.emission}"
-    (RESULTS / f"{tag}.json").write_text(json.dumps(result, indent=2))
+    write_result(RESULTS / f"{tag}.json", json.dumps(result, indent=2))
     print(json.dumps({k: v for k, v in result.items() if k != "history"}, indent=2))
 
 

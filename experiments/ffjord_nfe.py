@@ -23,7 +23,6 @@ import argparse
 import json
 import math
 import time
-from pathlib import Path
 from typing import Any
 
 import torch
@@ -32,8 +31,8 @@ from ctflow.data import load_toy2d
 from ctflow.flows import build
 from ctflow.ode import SolverOptions
 from ctflow.training import collect_regularization
+from experiments.results_io import RESULTS, write_result
 
-RESULTS = Path(__file__).resolve().parent / "results"
 OUT = RESULTS / "ffjord_nfe"
 TOL = 1e-5
 MODELS: dict[str, dict[str, float]] = {
@@ -180,10 +179,10 @@ def main() -> None:
     if not args.report:
         result = fit(args.dataset, args.model, args.steps, args.eval_every, args.seed)
         OUT.mkdir(parents=True, exist_ok=True)
-        (OUT / f"{args.dataset}_{args.model}.json").write_text(json.dumps(result, indent=2))
+        write_result(OUT / f"{args.dataset}_{args.model}.json", json.dumps(result, indent=2))
     text = report()
     print(text)
-    (RESULTS / "ffjord_nfe.md").write_text(text)
+    write_result(RESULTS / "ffjord_nfe.md", text)
 
 
 if __name__ == "__main__":

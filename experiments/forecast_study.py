@@ -28,7 +28,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -37,10 +36,9 @@ import torch
 
 from ctflow import Forecast, Forecaster
 from ctflow.baselines import LastValueBaseline
-from ctflow.checkpoint import atomic_write
 from ctflow.data import load_double_ou, load_pbcseq
+from experiments.results_io import RESULTS, write_result
 
-RESULTS = Path(__file__).resolve().parent / "results"
 TARGETS = {"crps_reduction": 0.20, "coverage_80": (0.75, 0.85), "coverage_95": (0.91, 0.98)}
 
 CONFIGS: dict[str, dict[str, Any]] = {
@@ -250,7 +248,7 @@ def main() -> None:
             (RESULTS / f"forecast_study_{suffix}.json", payload),
             (RESULTS / f"forecast_study_{suffix}.md", text),
         ):
-            atomic_write(path, lambda tmp, body=content: tmp.write_text(body))
+            write_result(path, content)
 
 
 if __name__ == "__main__":

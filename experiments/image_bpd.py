@@ -30,8 +30,7 @@ import torch
 from ctflow.image import MODELS
 from ctflow.image.data import load_image_data
 from ctflow.image.train import TrainConfig, resolve_device, train
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from experiments.results_io import RESULTS, write_result
 
 
 def run(
@@ -92,8 +91,8 @@ def run(
         "torch": torch.__version__,
         "rows": rows,
     }
-    (RESULTS / f"{tag}.json").write_text(json.dumps(result, indent=2))
-    (RESULTS / f"{tag}.md").write_text(_markdown(result))
+    write_result(RESULTS / f"{tag}.json", json.dumps(result, indent=2))
+    write_result(RESULTS / f"{tag}.md", _markdown(result))
     return result
 
 

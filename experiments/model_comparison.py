@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 from typing import Any
 
 import pandas as pd
@@ -29,8 +28,7 @@ import torch
 from ctflow import Forecaster
 from ctflow.baselines import LastValueBaseline
 from experiments.forecast_study import load, scores
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from experiments.results_io import RESULTS, write_result
 
 MODELS: dict[str, dict[str, Any]] = {
     "GRU-ODE-Bayes, Gaussian": {"model": "gru_ode_bayes", "emission": "gaussian"},
@@ -118,10 +116,9 @@ def main() -> None:
         rows += run(dataset, args.budget, args.seed)
     text = report(rows, args.budget)
     print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
     suffix = "_".join(args.datasets)
-    (RESULTS / f"model_comparison_{suffix}.json").write_text(json.dumps(rows, indent=2, default=str))
-    (RESULTS / f"model_comparison_{suffix}.md").write_text(text)
+    write_result(RESULTS / f"model_comparison_{suffix}.json", json.dumps(rows, indent=2, default=str))
+    write_result(RESULTS / f"model_comparison_{suffix}.md", text)
 
 
 if __name__ == "__main__":

@@ -18,15 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
 
 from ctflow import metrics
 from ctflow.data import IrregularBatch, from_dataframe, iterate_batches, load_pbcseq, split_series
 from ctflow.models import GRUODEBayes
-
-RESULTS = Path(__file__).resolve().parent / "results"
+from experiments.results_io import RESULTS, write_result
 
 
 def last_visit_split(
@@ -185,8 +183,7 @@ def main() -> None:
         "naive_last_value": baseline,
         "scale": "log of bili, chol, alk.phos, ast, protime; then per-lab standardisation (train statistics)",
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / f"pbcseq_{args.emission}.json").write_text(json.dumps(result, indent=2))
+    write_result(RESULTS / f"pbcseq_{args.emission}.json", json.dumps(result, indent=2))
     print(f"\n{'':22s}{'NLL':>8s}{'CRPS':>8s}{'cov80':>8s}{'cov95':>8s}{'MSE':>8s}")
     for name, s in (("GRU-ODE-Bayes " + args.emission, scores), ("naive last value", baseline)):
         print(

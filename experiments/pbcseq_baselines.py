@@ -20,8 +20,8 @@ import json
 import numpy as np
 
 from ctflow.baselines import LastValueBaseline, SmoothedLevelBaseline
-from ctflow.checkpoint import atomic_write
-from experiments.forecast_study import RESULTS, load, scores
+from experiments.forecast_study import load, scores
+from experiments.results_io import RESULTS, write_result
 
 TIME_SCALES = (0.25, 0.5, 1.0, 2.0, 4.0)  # years
 SHRINKAGE = (0.0, 0.3, 1.0)
@@ -91,7 +91,7 @@ def main() -> None:
         (RESULTS / "pbcseq_baselines.json", json.dumps(results, indent=2)),
         (RESULTS / "pbcseq_baselines.md", text),
     ):
-        atomic_write(path, lambda tmp, body=content: tmp.write_text(body))
+        write_result(path, content)
 
 
 if __name__ == "__main__":

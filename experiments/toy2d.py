@@ -52,6 +52,7 @@ from ctflow.data import TOY2D, load_toy2d, true_log_density
 from ctflow.flows import CNF, Flow, build, set_validation, validation_enabled
 from ctflow.ode import SolverOptions
 from ctflow.training import evaluate_nll, fit_density
+from experiments.results_io import write_result
 
 RESULTS_DIR = Path(__file__).resolve().parent / "results"
 
@@ -707,8 +708,8 @@ def run(
     results["figure"] = {"file": figure_name, "models": partial}
     plot_densities(grids, results, partial, out_dir / figure_name)
     report = markdown_report(results)
-    (out_dir / f"{stem}.md").write_text(report)
-    json_path.write_text(json.dumps(results, indent=2) + "\n")
+    write_result(out_dir / f"{stem}.md", report)
+    write_result(json_path, json.dumps(results, indent=2) + "\n")
     print()
     print(report)
     print(f"wrote {out_dir / f'{stem}.md'}, {json_path}, {grid_path} and {out_dir / figure_name}")

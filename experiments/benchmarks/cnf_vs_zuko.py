@@ -56,6 +56,7 @@ import ctflow
 from ctflow.data import two_moons
 from ctflow.flows import CNF, Flow
 from ctflow.ode import SolverOptions
+from experiments.results_io import write_result
 
 DIM = 2
 HIDDEN = (64, 64)
@@ -457,8 +458,8 @@ def main(argv: list[str] | None = None) -> dict:
         f"_{args.threads}threads" if args.threads != THREADS else ""
     )
     stem = RESULTS_DIR / f"cnf_vs_zuko_{args.device}{suffix}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
-    stem.with_suffix(".md").write_text(markdown(report))
+    write_result(stem.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
+    write_result(stem.with_suffix(".md"), markdown(report))
     print(f"\nwrote {stem.with_suffix('.json')} and {stem.with_suffix('.md')}")
     return report
 

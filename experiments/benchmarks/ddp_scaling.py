@@ -21,7 +21,8 @@ import sys
 import time
 from pathlib import Path
 
-RESULTS = Path(__file__).resolve().parents[1] / "results"
+from experiments.results_io import RESULTS, write_result
+
 ROOT = Path(__file__).resolve().parents[2]
 
 
@@ -102,9 +103,8 @@ def main() -> None:
     ] + [f"| {r['world']} | {r['median_epoch_seconds']:.2f} | {r['speedup']:.2f} |" for r in rows]
     text = "\n".join(lines) + "\n"
     print(text)
-    RESULTS.mkdir(parents=True, exist_ok=True)
-    (RESULTS / "ddp_scaling_cpu.json").write_text(json.dumps(rows, indent=2))
-    (RESULTS / "ddp_scaling_cpu.md").write_text(text)
+    write_result(RESULTS / "ddp_scaling_cpu.json", json.dumps(rows, indent=2))
+    write_result(RESULTS / "ddp_scaling_cpu.md", text)
 
 
 if __name__ == "__main__":

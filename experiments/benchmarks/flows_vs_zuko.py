@@ -37,6 +37,7 @@ import torch
 from torch import nn
 
 from ctflow.flows import build
+from experiments.results_io import write_result
 
 DIM = 8
 CONTEXT = 16
@@ -294,7 +295,7 @@ def main(argv: list[str] | None = None) -> dict:
 
     RESULTS_DIR.mkdir(parents=True, exist_ok=True)
     stem = RESULTS_DIR / f"flows_vs_zuko_{args.device}"
-    stem.with_suffix(".json").write_text(json.dumps(report, indent=2) + "\n")
+    write_result(stem.with_suffix(".json"), json.dumps(report, indent=2) + "\n")
     header = (
         f"# MAF speed: ctflow vs zuko vs nflows ({report['device_name']}, {report['threads']} threads)\n\n"
         f"D={DIM}, context {CONTEXT}, {N_TRANSFORMS} transforms, hidden {HIDDEN}; median of "
@@ -305,7 +306,7 @@ def main(argv: list[str] | None = None) -> dict:
         + ", ".join(f"{k} {v}" for k, v in report["parameters"].items())
         + ".\n\n"
     )
-    stem.with_suffix(".md").write_text(header + table(report) + "\n")
+    write_result(stem.with_suffix(".md"), header + table(report) + "\n")
     load = report["load_average"]
     print(f"\nload average before/after: {load['before']} / {load['after']} ({os.cpu_count()} CPUs)")
     print(f"wrote {stem.with_suffix('.json')} and {stem.with_suffix('.md')}")

@@ -16,14 +16,12 @@ import argparse
 import json
 import statistics
 import time
-from pathlib import Path
 
 import torch
 
 from ctflow import Forecaster
 from ctflow.data import load_double_ou
-
-RESULTS = Path(__file__).resolve().parents[1] / "results"
+from experiments.results_io import RESULTS, write_result
 
 
 def main() -> None:
@@ -72,9 +70,8 @@ def main() -> None:
         "observations_per_series": float(len(context) / args.n_series),
         "results": results,
     }
-    RESULTS.mkdir(parents=True, exist_ok=True)
     tag = f"{args.device}_{args.threads}threads" if args.device == "cpu" else args.device
-    (RESULTS / f"forecast_throughput_{tag}.json").write_text(json.dumps(out, indent=2))
+    write_result(RESULTS / f"forecast_throughput_{tag}.json", json.dumps(out, indent=2))
 
 
 if __name__ == "__main__":

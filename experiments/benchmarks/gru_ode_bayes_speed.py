@@ -18,15 +18,13 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from pathlib import Path
 
 import torch
 
 from ctflow.data import IrregularBatch, from_dataframe, iterate_batches, load_double_ou, split_series
 from ctflow.models import GRUODEBayes
 from ctflow.ode import SolverOptions
-
-RESULTS = Path(__file__).resolve().parents[1] / "results"
+from experiments.results_io import RESULTS, write_result
 
 
 def timestamp_loop_loss(model: GRUODEBayes, batch: IrregularBatch, dt: float) -> torch.Tensor:
@@ -96,7 +94,6 @@ def main() -> None:
     ratios = {k: base / v for k, v in results.items()}
     for k, r in ratios.items():
         print(f"speed-up of {k:40s} over the timestamp loop: {r:5.2f}x")
-    RESULTS.mkdir(parents=True, exist_ok=True)
     out = {
         "device": args.device,
         "threads": args.threads,
@@ -104,7 +101,7 @@ def main() -> None:
         "seconds_per_epoch": results,
         "speedup_vs_timestamp_loop": ratios,
     }
-    (RESULTS / f"gru_ode_bayes_speed_{args.device}.json").write_text(json.dumps(out, indent=2))
+    write_result(RESULTS / f"gru_ode_bayes_speed_{args.device}.json", json.dumps(out, indent=2))
     lines = [
         f"# GRU-ODE-Bayes training epoch on double OU ({args.device}, {args.threads} threads)",
         "",
@@ -115,7 +112,7 @@ def main() -> None:
         "|---|---:|---:|",
         *[f"| {k} | {v:.2f} | {ratios[k]:.2f}x |" for k, v in results.items()],
     ]
-    (RESULTS / f"gru_ode_bayes_speed_{args.device}.md").write_text("\n".join(lines) + "\n")
+    write_result(RESULTS / f"gru_ode_bayes_speed_{args.device}.md", "\n".join(lines) + "\n")
 
 
 if __name__ == "__main__":
