@@ -117,6 +117,9 @@ def parse_offset(text: str) -> float | pd.Timedelta:
 
 # --------------------------------------------------------------------------- fit
 def add_fit_parser(commands: argparse._SubParsersAction) -> None:
+    from .estimator import Forecaster
+
+    DEFAULTS = Forecaster().get_params()
     p = commands.add_parser(
         "fit",
         help="fit a forecaster on a long CSV file and save it",
@@ -140,20 +143,23 @@ def add_fit_parser(commands: argparse._SubParsersAction) -> None:
         metavar="JSON",
         help="further model arguments as a JSON object, e.g. '{\"carry_forward\": true}'",
     )
-    p.add_argument("--max-epochs", type=int, default=100, help="(default: %(default)s)")
+    p.add_argument(
+        "--max-steps", type=int, default=DEFAULTS["max_steps"], help="optimizer steps (default: %(default)s)"
+    )
+    p.add_argument("--max-epochs", type=int, help="passes over the training series (default: no cap)")
     p.add_argument("--batch-size", type=int, default=32, help="series per step (default: %(default)s)")
     p.add_argument("--lr", type=float, default=3e-3, help="learning rate (default: %(default)s)")
     p.add_argument(
         "--val-fraction",
         type=float,
-        default=0.2,
-        help="series held out for early stopping (default: %(default)s)",
+        default=DEFAULTS["val_fraction"],
+        help="series whose last observations are held out for early stopping (default: %(default)s)",
     )
     p.add_argument(
         "--patience",
         type=int,
-        default=15,
-        help="epochs without improvement before stopping; 0: never stop early",
+        default=DEFAULTS["patience"],
+        help="validations without improvement before stopping; 0: never stop early (default: %(default)s)",
     )
     p.add_argument("--time-limit", type=float, metavar="SECONDS", help="wall-clock budget of the fit")
     p.add_argument("--seed", type=int, default=0, help="random seed (default: %(default)s)")
@@ -191,6 +197,7 @@ def run_fit(args: argparse.Namespace) -> int:
         hidden_size=args.hidden_size,
         p_hidden=args.hidden_size,
         prep_hidden=max(1, args.hidden_size // 2),
+        max_steps=args.max_steps,
         max_epochs=args.max_epochs,
         batch_size=args.batch_size,
         lr=args.lr,

@@ -9,6 +9,7 @@ import numbers
 import os
 import shutil
 import tempfile
+import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -20,17 +21,20 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from . import __version__
-from .data.irregular import split_series
+from .data.irregular import IrregularBatch, collate, holdout_last, split_series
 from .data.prepare import PreparedSeries, QueryGrid, Scaling, check_frame, prepare_series, query_grid
 from .data.timecodec import TimeCodec
 from .distributed import resolve_device
 from .forecast import Forecast, check_coverage, check_quantiles
 from .models.registry import build_model
-from .training import evaluate_sequence_nll, fit_model
+from .training import evaluate_forecast_nll, evaluate_sequence_nll, fit_model
+from .validation import validation_report
 
 __all__ = ["Forecaster"]
 
 FORMAT = "ctflow.Forecaster"
+_UNBOUNDED = 10**9  # epochs when only max_steps bounds training
+_TAIL = 0.2  # fraction of a validation series' last rows held out
 FORMAT_VERSION = 1
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
@@ -45,6 +49,13 @@ def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
     with torch.random.fork_rng(devices=devices):
         torch.manual_seed(int(seed))
         yield
+
+
+# What persistence knows, and training for multi-step forecasts: see the class docstring.
+GRU_ODE_BAYES_DEFAULTS: dict[str, Any] = {"carry_forward": True, "trend": True, "forecast_cut": 0.5}
+VALIDATION_SCHEMES = ("last", "series")
+# Long gaps (a dose record years after the last) take longer steps rather than thousands of them.
+MAX_STEPS_PER_INTERVAL = 4
 
 
 def _check_positive_int(value: Any, name: str) -> int:
@@ -71,16 +82,37 @@ class Forecaster(BaseEstimator):
             flow over the observed variables).
         hidden_size, p_hidden, prep_hidden: widths of the hidden state, the emission network and
             the per-variable GRU-Bayes preprocessing.
-        solver, step_size: ODE solver between observations; ``step_size`` is in units of the
-            median gap between a series' consecutive training observations.
+        solver, step_size: ODE solver between observations (default: ``"exp_euler"`` for
+            GRU-ODE-Bayes, each step relaxing the state exactly with its coefficients frozen,
+            stable for any step; ``"euler"`` for the latent models; or any method of
+            :class:`ctflow.ode.SolverOptions`); ``step_size`` is in units of the median
+            gap between a series' consecutive training observations, and an interval takes at
+            most 4 steps.
         post_jump_weight: weight of the post-jump likelihood in the training loss (GRU-ODE-Bayes).
         latent_dim, posterior: latent size and posterior ``q(z0 | x)`` of the latent models
             (``"gaussian"`` or a flow: ``"iaf"``, ``"planar"``, ``"radial"``, ``"sylvester"``,
             ``"realnvp"``).
-        model_options: further keyword arguments of the model's constructor.
-        max_epochs, batch_size (series per step), lr, weight_decay, grad_clip: optimisation.
-        val_fraction: fraction of the training series held out for early stopping (0: none).
-        patience: epochs without improvement of the held-out NLL before stopping.
+        model_options: further keyword arguments of the model's constructor. GRU-ODE-Bayes
+            defaults to ``carry_forward=True`` and ``trend=True`` (the emission models the change
+            from each variable's last value, aware of its local slope: it starts from what
+            persistence knows) and ``forecast_cut=0.5`` (training also scores multi-step
+            forecasts); any of them can be overridden here.
+        max_steps: optimizer steps of the fit, whatever the size of the data (cosine learning
+            rate schedule over them); ``max_epochs`` (passes over the training series, None: no
+            cap) stops earlier if it comes first and then validates once per pass.
+        eval_every: steps between validations (when ``max_epochs`` is None).
+        batch_size (series per step), lr, weight_decay, grad_clip: optimisation.
+        validation: ``"last"`` picks a fraction ``val_fraction`` of the training series, holds out
+            the last fifth of the observations of those with at least 3 and scores the model's
+            forecasts of them (meaningful with a handful of series; the model trains on all other
+            rows); ``"series"`` holds out a fraction ``val_fraction`` of whole series and scores
+            their one-step-ahead NLL.
+        refit: after ``validation="last"`` has chosen the number of steps, train anew on every
+            observation for that many steps (the held-out rows are each series' newest). The
+            ``validation_report_`` describes the model chosen on the held-out rows.
+        val_fraction: the held-out fraction (0: no validation, train on everything).
+        patience: validations without improvement of the held-out NLL before stopping (the best
+            weights are kept).
         time_limit: wall-clock budget of ``fit`` in seconds (None: no limit).
         n_samples: default number of samples behind quantiles, intervals and forecasts.
         random_state: seed of initialisation, splitting, batching and sampling (CPU runs repeat).
@@ -95,19 +127,23 @@ class Forecaster(BaseEstimator):
         hidden_size: int = 32,
         p_hidden: int = 32,
         prep_hidden: int = 16,
-        solver: str = "euler",
-        step_size: float = 0.25,
+        solver: str | None = None,
+        step_size: float = 1.0,
         post_jump_weight: float = 0.1,
         latent_dim: int = 16,
         posterior: str = "gaussian",
         model_options: dict | None = None,
-        max_epochs: int = 100,
+        max_steps: int | None = 1500,
+        max_epochs: int | None = None,
+        eval_every: int = 50,
         batch_size: int = 32,
         lr: float = 3e-3,
         weight_decay: float = 1e-4,
         grad_clip: float | None = 5.0,
-        val_fraction: float = 0.2,
-        patience: int | None = 15,
+        validation: str = "last",
+        refit: bool = True,
+        val_fraction: float = 0.3,
+        patience: int | None = 8,
         time_limit: float | None = None,
         n_samples: int = 500,
         random_state: int | None = None,
@@ -125,11 +161,15 @@ class Forecaster(BaseEstimator):
         self.latent_dim = latent_dim
         self.posterior = posterior
         self.model_options = model_options
+        self.max_steps = max_steps
         self.max_epochs = max_epochs
+        self.eval_every = eval_every
         self.batch_size = batch_size
         self.lr = lr
         self.weight_decay = weight_decay
         self.grad_clip = grad_clip
+        self.validation = validation
+        self.refit = refit
         self.val_fraction = val_fraction
         self.patience = patience
         self.time_limit = time_limit
@@ -152,7 +192,10 @@ class Forecaster(BaseEstimator):
             or step <= 0
         ):
             raise ValueError(f"step_size must be a positive number, got {self.step_size!r}")
-        solver = {"method": self.solver, "step_size": float(step)}
+        method = self.solver
+        if method is None:  # the stable relaxation needs the GRU-ODE's form
+            method = "exp_euler" if self.model == "gru_ode_bayes" else "euler"
+        solver = {"method": method, "step_size": float(step), "max_steps": MAX_STEPS_PER_INTERVAL}
         kwargs: dict[str, Any] = {
             "hidden_size": _check_positive_int(self.hidden_size, "hidden_size"),
             "p_hidden": _check_positive_int(self.p_hidden, "p_hidden"),
@@ -162,6 +205,9 @@ class Forecaster(BaseEstimator):
         if self.model == "gru_ode_bayes":
             kwargs["prep_hidden"] = _check_positive_int(self.prep_hidden, "prep_hidden")
             kwargs["post_jump_weight"] = float(self.post_jump_weight)
+            kwargs.update(GRU_ODE_BAYES_DEFAULTS)
+            if self.emission == "gaussian":
+                kwargs["emission_options"] = {"linear_skip": "features"}
         elif self.model in ("latent_ode", "latent_sde"):
             kwargs["latent_dim"] = _check_positive_int(self.latent_dim, "latent_dim")
             kwargs["posterior"] = self.posterior
@@ -171,7 +217,14 @@ class Forecaster(BaseEstimator):
     def _check_fit_params(self) -> None:
         if not isinstance(self.val_fraction, numbers.Real) or not 0 <= float(self.val_fraction) < 1:
             raise ValueError(f"val_fraction must lie in [0, 1), got {self.val_fraction!r}")
-        _check_positive_int(self.max_epochs, "max_epochs")
+        if self.max_epochs is None and self.max_steps is None:
+            raise ValueError("set max_steps or max_epochs (both are None: training would never end)")
+        for name in ("max_epochs", "max_steps"):
+            if getattr(self, name) is not None:
+                _check_positive_int(getattr(self, name), name)
+        _check_positive_int(self.eval_every, "eval_every")
+        if self.validation not in VALIDATION_SCHEMES:
+            raise ValueError(f"validation must be one of {VALIDATION_SCHEMES}, got {self.validation!r}")
         _check_positive_int(self.batch_size, "batch_size")
         _check_positive_int(self.n_samples, "n_samples")
         if self.patience is not None:
@@ -194,7 +247,8 @@ class Forecaster(BaseEstimator):
         Datetime times are counted in ``time_unit`` (``"D"``, ``"h"``, ``"min"``, ``"s"``, ...;
         default inferred from the median gap between observations) from the earliest time.
         Each variable is standardised with the training statistics (undone in every output).
-        A fraction ``val_fraction`` of the series is held out for early stopping.
+        Early stopping follows ``validation`` (see the class docstring); ``validation_report_``
+        then holds the held-out scores of the model and of persistence (None without validation).
 
         ``checkpoint``: a file that training state is written to atomically after every epoch;
         with ``resume=True`` an interrupted fit continues from it (exactly, on CPU, without a
@@ -212,26 +266,54 @@ class Forecaster(BaseEstimator):
         seed = self.random_state
         with _seeded(seed, device):
             model = build_model(self.model, len(values), **kwargs).to(device)
-            train, val = batch, None
-            if self.val_fraction > 0 and len(batch) >= 4:
-                train, val = split_series(batch, float(self.val_fraction), seed=seed)
+            train, val, held_out = self._validation_split(batch, seed)
+            validate = None
+            if held_out is not None:
+                context, target = held_out
+
+                def validate() -> float:
+                    return evaluate_forecast_nll(model, context, target)
+
+            options = {
+                "epochs": int(self.max_epochs) if self.max_epochs is not None else _UNBOUNDED,
+                "eval_every": int(self.eval_every) if self.max_epochs is None else None,
+                "batch_size": int(self.batch_size),
+                "lr": self.lr,
+                "weight_decay": self.weight_decay,
+                "grad_clip": self.grad_clip,
+                "time_limit": self.time_limit,
+                "seed": seed,
+                "verbose": self.verbose,
+                "desc": f"fit {self.model}",
+            }
+            refit = bool(self.refit) and held_out is not None and checkpoint is None
+            start = time.perf_counter()
+            if refit and self.time_limit is not None:  # half the budget to choose, half to refit
+                options["time_limit"] = self.time_limit / 2
             history = fit_model(
                 model,
                 train,
                 val,
-                epochs=int(self.max_epochs),
-                batch_size=int(self.batch_size),
-                lr=self.lr,
-                weight_decay=self.weight_decay,
-                grad_clip=self.grad_clip,
-                patience=self.patience if val is not None else None,
-                time_limit=self.time_limit,
-                seed=seed,
-                verbose=self.verbose,
-                desc=f"fit {self.model}",
+                max_steps=self.max_steps,
+                validate=validate,
+                patience=self.patience if (val is not None or validate is not None) else None,
                 checkpoint=checkpoint,
                 resume=resume,
+                **options,
             )
+            report = None
+            if held_out is not None:
+                report = validation_report(model, train, *held_out, seed=seed)
+            if refit:
+                # The selected budget, now on every observation: the held-out last rows are the
+                # newest stretch of each series, which forecasts need most.
+                steps = history["n_steps"] if history["best_epoch"] is None else self._best_steps(history)
+                if self.time_limit is not None:
+                    options["time_limit"] = max(1.0, self.time_limit - (time.perf_counter() - start))
+                model = build_model(self.model, len(values), **kwargs).to(device)
+                selection = history
+                history = fit_model(model, batch, None, max_steps=max(1, steps), **options)
+                history["selection"] = selection
         model.eval()
         self.model_ = model
         self.model_kwargs_ = kwargs
@@ -241,11 +323,45 @@ class Forecaster(BaseEstimator):
         self.n_variables_ = len(values)
         self.device_ = device
         self.history_ = history
+        self.validation_report_ = report
         self.n_series_ = len(batch)
         return self
 
-    def __sklearn_is_fitted__(self) -> bool:
-        return hasattr(self, "model_")
+    def _best_steps(self, history: dict[str, Any]) -> int:
+        """Optimizer steps up to the best validation of ``history``."""
+        if self.max_epochs is None:
+            return (history["best_epoch"] + 1) * int(self.eval_every)
+        per_epoch = history["n_steps"] / max(1, history["epochs"])
+        return round((history["best_epoch"] + 1) * per_epoch)
+
+    def _validation_split(
+        self, batch: IrregularBatch, seed: int | None
+    ) -> tuple[IrregularBatch, IrregularBatch | None, tuple[IrregularBatch, IrregularBatch] | None]:
+        """``(train, val series, (context, target))`` by the ``validation`` scheme; the parts
+        that do not apply are None (no validation when there is too little data)."""
+        fraction = float(self.val_fraction)
+        if fraction == 0:
+            return batch, None, None
+        if self.validation == "series":
+            if len(batch) < 4:
+                return batch, None, None
+            train, val = split_series(batch, fraction, seed=seed)
+            return train, val, None
+        # The last rows of a random part of the series: the other series keep every row, so the
+        # model still sees the late stretch of time of panels observed at common times.
+        n_val = min(len(batch), max(1, round(fraction * len(batch))))
+        chosen = np.zeros(len(batch), dtype=bool)
+        chosen[np.random.default_rng(seed).choice(len(batch), n_val, replace=False)] = True
+        context, target, has_target = holdout_last(batch.select(np.flatnonzero(chosen), trim=True), _TAIL)
+        if not bool(has_target.any()):
+            return batch, None, None
+        keep = has_target.numpy()
+        train = (
+            collate([batch.select(np.flatnonzero(~chosen), trim=True), context])
+            if (~chosen).any()
+            else context
+        )
+        return train, None, (context.select(keep, trim=True), target.select(keep, trim=True))
 
     # ------------------------------------------------------------------ shared prediction machinery
     def _context(self, df: pd.DataFrame, name: str = "df") -> PreparedSeries:
@@ -441,6 +557,7 @@ class Forecaster(BaseEstimator):
                 "time_codec": self.codec_.to_dict(),
                 "scaling": self.scaling_.to_dict(),
                 "n_series": self.n_series_,
+                "validation_report": self.validation_report_,
             },
         }
 
@@ -547,4 +664,5 @@ class Forecaster(BaseEstimator):
         est.n_variables_, est.device_ = len(values), resolved
         est.n_series_ = int(fitted.get("n_series", 0))
         est.history_ = None
+        est.validation_report_ = fitted.get("validation_report")
         return est

@@ -37,16 +37,22 @@ __all__ = [
 
 FIXED_STEP = ("euler", "midpoint", "rk4", "heun3", "explicit_adams", "implicit_adams")
 ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
+# Schemes of integrate_intervals alone: the field must offer ``rate_and_target(h)`` so that
+# ``dh/dt = rate * (target - h)``; each step relaxes exactly with the coefficients frozen, which
+# stays stable for any step length (long gaps between observations).
+INTERVAL_ONLY = ("exp_euler",)
 ERROR_NORMS = ("rms", "max")
 
 
 @dataclass
 class SolverOptions:
     """How to integrate: ``method`` (adaptive: dopri5, dopri8, bosh3, fehlberg2, adaptive_heun;
-    fixed-step: euler, midpoint, rk4, heun3, explicit_adams, implicit_adams), tolerances for
+    fixed-step: euler, midpoint, rk4, heun3, explicit_adams, implicit_adams; between observations
+    only, :func:`integrate_intervals`' exp_euler), tolerances for
     adaptive solvers, ``step_size`` for fixed-step ones, and ``adjoint`` to backpropagate by
     solving the adjoint ODE (memory O(1) in the number of steps) instead of through the solver.
-    ``adjoint_rtol``/``adjoint_atol`` default to the forward tolerances.
+    ``adjoint_rtol``/``adjoint_atol`` default to the forward tolerances. ``max_steps`` caps the
+    fixed steps of one interval of :func:`integrate_intervals` (longer gaps take longer steps).
 
     Error control of adaptive solvers: each step's error estimate is divided element-wise by
     ``atol + rtol * |y|`` and reduced to one number by ``norm``; the step is accepted when that
@@ -82,10 +88,14 @@ class SolverOptions:
     norm: str = "rms"
     aux_atol: float | None = None
     adjoint_seminorm: bool = False
+    max_steps: int | None = None
 
     def __post_init__(self) -> None:
-        if self.method not in FIXED_STEP + ADAPTIVE:
-            raise ValueError(f"unknown ODE method {self.method!r}; valid: {', '.join(FIXED_STEP + ADAPTIVE)}")
+        valid = FIXED_STEP + ADAPTIVE + INTERVAL_ONLY
+        if self.method not in valid:
+            raise ValueError(f"unknown ODE method {self.method!r}; valid: {', '.join(valid)}")
+        if self.max_steps is not None and not (isinstance(self.max_steps, int) and self.max_steps >= 1):
+            raise ValueError(f"max_steps must be a positive int or None, got {self.max_steps!r}")
         for name in ("rtol", "atol"):
             if not getattr(self, name) > 0:
                 raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
@@ -95,7 +105,11 @@ class SolverOptions:
             raise ValueError(f"aux_atol must be positive (or math.inf), got {self.aux_atol}")
         if "norm" in self.extra:
             raise ValueError("set the error norm with SolverOptions.norm, not through extra")
-        if self.method in FIXED_STEP and self.step_size is not None and not self.step_size > 0:
+        if (
+            self.method in FIXED_STEP + INTERVAL_ONLY
+            and self.step_size is not None
+            and not self.step_size > 0
+        ):
             raise ValueError(f"step_size must be positive, got {self.step_size}")
 
     def to_dict(self) -> dict[str, Any]:
@@ -189,6 +203,10 @@ def integrate(
     ``func``) to count evaluations. ``adjoint_params`` defaults to ``func``'s parameters.
     """
     options = options or SolverOptions()
+    if options.method in INTERVAL_ONLY:
+        raise ValueError(
+            f"method {options.method!r} integrates between observations only (integrate_intervals)"
+        )
     if counter is not None and func is not counter:
         raise ValueError("pass the NFECounter itself as func so that its evaluations are counted")
     kwargs: dict[str, Any] = {
@@ -228,7 +246,7 @@ def integrate(
 # observation). Rescaling time per row, dh/ds = dt_b * f(h) for s in [0, 1], puts the whole batch on
 # one clock, so one solve advances every series; rows with dt_b = 0 do not move.
 
-FIXED_STEP_STAGES = {"euler": 1, "midpoint": 2, "rk4": 4}
+FIXED_STEP_STAGES = {"euler": 1, "midpoint": 2, "rk4": 4, "exp_euler": 1}
 
 
 def steps_for(max_dt: float, step_size: float) -> int:
@@ -258,7 +276,8 @@ def fixed_step_plan(dts: Tensor, options: SolverOptions) -> list[int | None]:
     if dts.numel() and float(dts.min()) < 0:
         raise ValueError("query or observation times precede the state's time")
     max_dt = dts.amax(dim=0).tolist() if dts.numel() else []
-    return [steps_for(m, options.step_size) if m > 0 else 0 for m in max_dt]
+    cap = options.max_steps or math.inf
+    return [min(steps_for(m, options.step_size), cap) if m > 0 else 0 for m in max_dt]
 
 
 def integrate_intervals(
@@ -282,10 +301,13 @@ def integrate_intervals(
                 raise ValueError(
                     f"method {method!r} needs options.step_size (the largest step in time units)"
                 )
-            n_steps = steps_for(float(dt.max()), options.step_size)
+            n_steps = min(steps_for(float(dt.max()), options.step_size), options.max_steps or math.inf)
         step = scale / n_steps
         for _ in range(n_steps):
-            if method == "euler":
+            if method == "exp_euler":
+                rate, target = field.rate_and_target(h)
+                h = target + (h - target) * torch.exp(-step * rate)
+            elif method == "euler":
                 h = h + step * field(h)
             elif method == "midpoint":
                 h = h + step * field(h + 0.5 * step * field(h))

@@ -45,7 +45,14 @@ from .distributed import DistContext, launched_by_torchrun, setup
 from .flows.base import set_validation, validation_enabled
 from .ode import NFECounter
 
-__all__ = ["collect_regularization", "evaluate_nll", "evaluate_sequence_nll", "fit_density", "fit_model"]
+__all__ = [
+    "collect_regularization",
+    "evaluate_forecast_nll",
+    "evaluate_nll",
+    "evaluate_sequence_nll",
+    "fit_density",
+    "fit_model",
+]
 
 ArrayLike = Tensor | np.ndarray
 logger = logging.getLogger("ctflow.training")
@@ -433,6 +440,42 @@ def evaluate_sequence_nll(model: nn.Module, data: IrregularBatch, batch_size: in
     return total / count if count else math.nan
 
 
+def evaluate_forecast_nll(
+    model: nn.Module, context: IrregularBatch, target: IrregularBatch, batch_size: int = 256
+) -> float:
+    """NLL per observed target value (nats) of forecasts from each series' context.
+
+    Every target value is scored by the model's marginal predictive density at its time given
+    the whole context (``model.predict(model.filter(context), target.times)``), not updated by
+    earlier targets: the density that forecasts use. ``target`` has the same series as
+    ``context``, each with at least one row after its context.
+    """
+    _check_model(model)
+    for method in ("filter", "predict"):
+        if not callable(getattr(model, method, None)):
+            raise TypeError(f"model must have a {method} method ({type(model).__name__} has none)")
+    _check_batch(context, "context")
+    _check_batch(target, "target")
+    if len(context) != len(target):
+        raise ValueError(f"context has {len(context)} series, target has {len(target)}")
+    dtype, device = _dtype_device(model)
+    was_training = model.training
+    model.eval()
+    total, count = 0.0, 0.0
+    try:
+        with torch.no_grad():
+            for start in range(0, len(context), batch_size):
+                part = slice(start, start + batch_size)
+                ctx = context.select(part, trim=True).to(device, dtype)
+                tgt = target.select(part, trim=True).to(device, dtype)
+                predictive = model.predict(model.filter(ctx), tgt.times)
+                total -= float(predictive.log_prob(tgt.values, tgt.mask).double().sum())
+                count += float(tgt.mask.sum())
+    finally:
+        model.train(was_training)
+    return total / count if count else math.nan
+
+
 def fit_model(
     model: nn.Module,
     train: IrregularBatch,
@@ -454,6 +497,8 @@ def fit_model(
     resume: bool = False,
     log_path: str | os.PathLike | None = None,
     distributed: bool | None = None,
+    eval_every: int | None = None,
+    validate: Callable[[], float] | None = None,
 ) -> dict[str, Any]:
     """Fit a sequence model (anything with ``loss(batch)`` and ``nll_terms(batch)``) to series.
 
@@ -468,8 +513,15 @@ def fit_model(
     :func:`_train_loop`. ``distributed`` (default: when launched by ``torchrun`` with more than
     one process) trains data-parallel: ``batch_size`` series per process and step, gradients
     averaged with DistributedDataParallel, every rank ending with the same weights.
+
+    ``eval_every``: steps between validations (and the unit of ``epochs`` and ``patience``),
+    instead of one pass over ``train``; with few series a pass is a step or two, too short to
+    judge improvement. ``validate()``: the validation loss of the current weights, used instead
+    of ``val``'s NLL (e.g. the forecast NLL of held-out last observations).
     """
     _check_model(model)
+    if val is not None and validate is not None:
+        raise ValueError("pass either val or validate, not both")
     train = _check_batch(train, "train")
     if val is not None:
         val = _check_batch(val, "val")
@@ -485,8 +537,9 @@ def fit_model(
         patience,
         time_limit,
         seed,
-        val is not None,
+        val is not None or validate is not None,
     )
+    eval_every = _positive_int(eval_every, "eval_every", allow_none=True)
     dtype, device = _dtype_device(model)
     data = train.to(device, dtype)
 
@@ -494,7 +547,7 @@ def fit_model(
         batch = data.select(idx, trim=True)
         return model.loss(batch), collect_regularization(model), batch.mask.sum()
 
-    val_loss = None
+    val_loss = validate
     if val is not None:
 
         def val_loss() -> float:
@@ -514,6 +567,7 @@ def fit_model(
         resume=resume,
         log_path=log_path,
         dist_ctx=_dist_context(distributed, device),
+        steps_per_epoch=eval_every,
     )
 
 
@@ -537,6 +591,18 @@ class _Objective(nn.Module):
         if len(out) == 2:
             return out[0], out[1], None
         return out
+
+
+def _data_order(n_train: int, n_passes: int, pass_length: int, generator: torch.Generator) -> Tensor:
+    """``n_passes`` shuffles of ``range(n_train)`` end to end, each padded with -1 to
+    ``pass_length`` (whole batches), so that no batch mixes two passes (and repeats a series)."""
+    if n_passes == 1:
+        return torch.randperm(n_train, generator=generator)
+    pad = torch.full((max(pass_length - n_train, 0),), -1, dtype=torch.long)
+    passes = [
+        torch.cat([torch.randperm(n_train, generator=generator), pad])[:pass_length] for _ in range(n_passes)
+    ]
+    return torch.cat(passes)
 
 
 def _finite_parameters(module: nn.Module) -> bool:
@@ -573,6 +639,7 @@ def _train_loop(
     dist_ctx: DistContext | None = None,
     nonfinite_patience: int = 3,
     nonfinite_lr_factor: float = 0.5,
+    steps_per_epoch: int | None = None,
 ) -> dict[str, Any]:
     """Minimise ``batch_loss(indices)`` over shuffled minibatches of ``range(n_train)``.
 
@@ -581,6 +648,8 @@ def _train_loop(
     averages over, e.g. observed values, used to combine ranks exactly); the sum of loss and
     penalty is minimised while the two are logged apart. ``val_loss()`` returns the validation
     loss of the current weights (lower is better); history keys use ``loss_name``.
+    ``steps_per_epoch`` (default: one pass over the data) sets the steps between validations;
+    longer than a pass, the data order is several shuffles end to end.
 
     Faults: a step whose objective or gradient is not finite is skipped (the weights and the
     optimizer state stay as they were) and logged; after ``nonfinite_patience`` consecutive
@@ -608,7 +677,12 @@ def _train_loop(
     _, device = _dtype_device(module)
     optimizer = torch.optim.Adam(params, lr=lr, weight_decay=weight_decay)
     global_batch = batch_size * world
-    steps_per_epoch = dist_ctx.batches_per_epoch(n_train, batch_size)
+    batches_per_pass = dist_ctx.batches_per_epoch(n_train, batch_size)
+    n_passes = 1
+    if steps_per_epoch is None:
+        steps_per_epoch = batches_per_pass
+    else:
+        n_passes = math.ceil(steps_per_epoch / batches_per_pass)
     total_steps = epochs * steps_per_epoch
     if max_steps is not None:
         total_steps = min(total_steps, max_steps)
@@ -719,7 +793,7 @@ def _train_loop(
     try:
         while not loop["finished"] and loop["epoch"] < epochs:
             if perm is None or loop["i"] == 0:
-                perm = torch.randperm(n_train, generator=generator)
+                perm = _data_order(n_train, n_passes, batches_per_pass * global_batch, generator)
                 loop["i"] = 0
             stop = None
             while loop["i"] < steps_per_epoch:
@@ -741,7 +815,8 @@ def _train_loop(
                 loop["attempted"] += 1
                 loop["epoch_attempts"] += 1
                 bar.update(1)
-                idx = dist_ctx.shard(perm[i * global_batch : (i + 1) * global_batch]).to(device)
+                idx = perm[i * global_batch : (i + 1) * global_batch]
+                idx = dist_ctx.shard(idx[idx >= 0]).to(device)
                 optimizer.zero_grad(set_to_none=True)
                 fwd0, bwd0 = _nfe_counts(counters)
                 loss, penalty, weight = objective_module(idx)

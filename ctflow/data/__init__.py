@@ -16,17 +16,21 @@ from .irregular import (
     IrregularBatch,
     collate,
     from_dataframe,
+    holdout_last,
     iterate_batches,
     split_series,
     to_dataframe,
     truncate,
 )
+from .physionet import PHYSIONET2012_DESCRIPTORS, PHYSIONET2012_VARIABLES, load_physionet2012
 from .toy2d import TOY2D, checkerboard, eight_gaussians, load_toy2d, rings, true_log_density, two_moons
 
 __all__ = [
     "PBCSEQ_LABS",
     "PBCSEQ_LOG_LABS",
     "PBCSEQ_STATIC",
+    "PHYSIONET2012_DESCRIPTORS",
+    "PHYSIONET2012_VARIABLES",
     "TOY2D",
     "IrregularBatch",
     "OULatent",
@@ -35,9 +39,11 @@ __all__ = [
     "data_path",
     "eight_gaussians",
     "from_dataframe",
+    "holdout_last",
     "iterate_batches",
     "load_double_ou",
     "load_pbcseq",
+    "load_physionet2012",
     "load_toy2d",
     "rings",
     "split_series",

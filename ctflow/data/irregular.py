@@ -35,6 +35,7 @@ __all__ = [
     "IrregularBatch",
     "collate",
     "from_dataframe",
+    "holdout_last",
     "iterate_batches",
     "split_series",
     "to_dataframe",
@@ -735,3 +736,29 @@ def truncate(
         if not keep.all():
             context, target = context.select(keep, trim=True), target.select(keep, trim=True)
     return context, target
+
+
+def holdout_last(
+    batch: IrregularBatch, fraction: float = 0.2, min_context: int = 2
+) -> tuple[IrregularBatch, IrregularBatch, Tensor]:
+    """Hold out the last observation rows of every series, for validation by forecasting.
+
+    Each series with more than ``min_context`` rows keeps its first rows as context and gives
+    its last ``round(fraction * length)`` rows (at least 1, at most ``length - min_context``) as
+    targets; shorter series are all context. Returns ``(context, target, has_target)``:
+    ``context`` holds every series (the rows that training may see), ``target`` the held-out rows
+    of every series (length 0 where none) and ``has_target (B,)`` a bool mask of the series with
+    targets. Unlike :func:`split_series`, every series contributes to both parts, so validation
+    stays meaningful with a handful of series.
+    """
+    if not isinstance(fraction, numbers.Real) or not 0 < float(fraction) < 1:
+        raise ValueError(f"fraction must lie in (0, 1), got {fraction!r}")
+    if isinstance(min_context, bool) or not isinstance(min_context, numbers.Integral) or min_context < 1:
+        raise ValueError(f"min_context must be a positive int, got {min_context!r}")
+    lengths = batch.lengths.to(batch.times.device)
+    n_hold = torch.round(lengths.to(torch.float64) * float(fraction)).long().clamp_min(1)
+    n_hold = torch.minimum(n_hold, (lengths - int(min_context)).clamp_min(0))
+    n_context = lengths - n_hold
+    context = _gather_rows(batch, torch.zeros_like(n_context), n_context)
+    target = _gather_rows(batch, n_context, n_hold)
+    return context.trim(), target.trim(), (n_hold > 0).cpu()

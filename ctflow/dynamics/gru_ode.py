@@ -30,9 +30,13 @@ class GRUODECell(nn.Module):
         self.g = nn.Linear(hidden_size, hidden_size, bias=bias)
 
     def forward(self, h: Tensor) -> Tensor:
+        rate, target = self.rate_and_target(h)
+        return rate * (target - h)
+
+    def rate_and_target(self, h: Tensor) -> tuple[Tensor, Tensor]:
+        """``(1 - z, g)``: the field relaxes ``h`` towards ``g`` at rate ``1 - z``."""
         r, z = torch.sigmoid(self.rz(h)).chunk(2, dim=-1)
-        g = torch.tanh(self.g(r * h))
-        return (1.0 - z) * (g - h)
+        return 1.0 - z, torch.tanh(self.g(r * h))
 
 
 class GRUBayes(nn.Module):

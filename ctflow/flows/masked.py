@@ -83,7 +83,8 @@ class MaskedEmission(nn.Module):
 
 
 class GaussianEmission(MaskedEmission):
-    """Diagonal Gaussian ``N(mu(c), diag(sigma(c)^2))``, parameters from an MLP of the context.
+    """Diagonal Gaussian ``N(mu(c), diag(sigma(c)^2))``, parameters from an MLP of the context
+    (plus a linear map of it, or of its last ``linear_skip`` columns, with ``linear_skip``).
 
     GRU-Bayes statistics are the paper's: ``[y, mu, log sigma^2, (y - mu) / sigma]``
     (De Brouwer, Simm, Arany & Moreau 2019, "GRU-ODE-Bayes: Continuous modeling of
@@ -92,14 +93,35 @@ class GaussianEmission(MaskedEmission):
 
     n_statistics = 4
 
-    def __init__(self, dim: int, context_dim: int, hidden: Sequence[int] = (25,), min_log_var: float = -12.0):
+    def __init__(
+        self,
+        dim: int,
+        context_dim: int,
+        hidden: Sequence[int] = (25,),
+        min_log_var: float = -12.0,
+        linear_skip: bool | int = False,
+        max_log_var: float = 20.0,
+    ):
         super().__init__(dim, context_dim)
-        self.net = MLP(context_dim, 2 * dim, hidden, zero_init=False)
-        self.min_log_var = min_log_var
+        # With a linear skip both parts start at zero: N(0, 1) until the data say otherwise, the
+        # linear part (a few weights per feature) learning first, the network's corrections later.
+        self.net = MLP(context_dim, 2 * dim, hidden, zero_init=linear_skip)
+        # An int: the linear part sees only the context's last ``linear_skip`` columns (e.g. the
+        # hand-made features after a hidden state), a handful of weights that small data can fit.
+        self.skip_columns = context_dim if linear_skip is True else int(linear_skip)
+        self.skip = nn.Linear(self.skip_columns, 2 * dim) if linear_skip else None
+        if self.skip is not None:
+            nn.init.zeros_(self.skip.weight)
+            nn.init.zeros_(self.skip.bias)
+        self.min_log_var, self.max_log_var = min_log_var, max_log_var
 
     def params(self, context: Tensor) -> tuple[Tensor, Tensor]:
-        mu, log_var = self.net(context).chunk(2, dim=-1)
-        return mu, log_var.clamp_min(self.min_log_var)
+        out = self.net(context)
+        if self.skip is not None:
+            out = out + self.skip(context[..., context.shape[-1] - self.skip_columns :])
+        mu, log_var = out.chunk(2, dim=-1)
+        # The upper bound keeps draws finite for inputs far outside the training data.
+        return mu, log_var.clamp(self.min_log_var, self.max_log_var)
 
     def log_prob_terms(self, y: Tensor, mask: Tensor, context: Tensor) -> Tensor:
         mu, log_var = self.params(context)

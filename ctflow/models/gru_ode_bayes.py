@@ -31,7 +31,9 @@ class FilterState:
     """Hidden state of each series after its last observation, and that observation's time.
 
     With ``carry_forward`` models, also each variable's last observed value ``last (B, D)``, the
-    time it was observed ``last_time (B, D)`` and whether it has been ``seen (B, D)``.
+    time it was observed ``last_time (B, D)`` and whether it has been ``seen (B, D)``; with
+    ``trend`` models, running sums ``sums (B, D, 5)`` of ``[1, t, y, t^2, t y]`` over each
+    variable's observations (its count, mean and least-squares line).
     """
 
     h: Tensor
@@ -39,6 +41,10 @@ class FilterState:
     last: Tensor | None = None
     last_time: Tensor | None = None
     seen: Tensor | None = None
+    sums: Tensor | None = None
+
+    def _fields(self) -> tuple[Tensor | None, ...]:
+        return (self.h, self.time, self.last, self.last_time, self.seen, self.sums)
 
     def repeat(self, n: int) -> FilterState:
         """``n`` copies of every series, copy-major: row ``i * B + b`` is copy ``i`` of series ``b``."""
@@ -46,19 +52,25 @@ class FilterState:
         def rep(x: Tensor | None) -> Tensor | None:
             return None if x is None else x.repeat(n, *([1] * (x.dim() - 1)))
 
-        return FilterState(rep(self.h), rep(self.time), rep(self.last), rep(self.last_time), rep(self.seen))
+        return FilterState(*(rep(x) for x in self._fields()))
 
     def observe(self, y: Tensor, mask: Tensor, t: Tensor) -> FilterState:
         """The carried values after observing ``y`` where ``mask`` at times ``t (B,)``."""
         if self.last is None:
             return self
         hit = mask > 0
+        sums = None
+        if self.sums is not None:
+            tt = t.unsqueeze(-1).to(y).expand_as(y)
+            terms = torch.stack([torch.ones_like(y), tt, y, tt * tt, tt * y], dim=-1)
+            sums = self.sums + terms * hit.unsqueeze(-1).to(y)
         return FilterState(
             self.h,
             self.time,
             torch.where(hit, y, self.last),
             torch.where(hit, t.unsqueeze(-1).to(self.last), self.last_time),
             torch.where(hit, torch.ones_like(self.seen), self.seen),
+            sums,
         )
 
 
@@ -116,6 +128,10 @@ class GRUODEBayes(nn.Module):
             (at least one) of its observations; the observations after the cut are scored but not
             used to update the state, which trains the multi-step predictive that forecasts from
             a context use.
+        trend: with ``carry_forward``, the emission also sees, per variable, the series' mean so
+            far, its least-squares line extrapolated to the query time (both relative to the last
+            value) and the log count of observations: a level to revert to, a course to keep
+            beyond the training range (growth curves) and how much to trust them.
         start_time: time at which every series starts from ``h0`` (``None``: its first observation).
         carry_forward: the emission also sees each variable's last observed value, whether it
             was observed and the log of one plus the time since, and models the change from that
@@ -139,15 +155,22 @@ class GRUODEBayes(nn.Module):
         forecast_cut: float = 0.0,
         start_time: float | None = 0.0,
         carry_forward: bool = False,
+        trend: bool = False,
     ):
         super().__init__()
         if n_variables < 1 or hidden_size < 1:
             raise ValueError("n_variables and hidden_size must be positive")
         self.n_variables, self.hidden_size = n_variables, hidden_size
         self.carry_forward = bool(carry_forward)
-        context_dim = hidden_size + 3 * n_variables if self.carry_forward else hidden_size
+        if trend and not self.carry_forward:
+            raise ValueError("trend=True needs carry_forward=True")
+        self.trend = bool(trend)
+        n_blocks = (3 if self.carry_forward else 0) + (3 if self.trend else 0)
+        context_dim = hidden_size + n_blocks * n_variables
         if isinstance(emission, str):
             options = {"hidden": (p_hidden,), **(emission_options or {})}
+            if options.get("linear_skip") == "features":  # the carried features, not the state
+                options["linear_skip"] = n_blocks * n_variables or True
             emission = make_emission(emission, n_variables, context_dim, **options)
         elif not isinstance(emission, MaskedEmission):
             raise TypeError(f"emission must be a name or a MaskedEmission, got {type(emission).__name__}")
@@ -198,7 +221,8 @@ class GRUODEBayes(nn.Module):
         if not self.carry_forward:
             return FilterState(h, t0)
         zeros = ref.new_zeros(b, self.n_variables)
-        return FilterState(h, t0, zeros, zeros, zeros)
+        sums = ref.new_zeros(b, self.n_variables, 5) if self.trend else None
+        return FilterState(h, t0, zeros, zeros, zeros, sums)
 
     def context(self, h: Tensor, state: FilterState, t: Tensor) -> Tensor:
         """The emission's context at times ``t``: ``h (..., H)``, plus with ``carry_forward`` the
@@ -207,12 +231,31 @@ class GRUODEBayes(nn.Module):
             return h
         shape = (*h.shape[:-1], self.n_variables)
         extra = h.dim() - 2
-        last, last_time, seen = (
-            x.view(x.shape[0], *([1] * extra), -1).expand(shape)
-            for x in (state.last, state.last_time, state.seen)
-        )
+
+        def spread(x: Tensor) -> Tensor:
+            return x.view(x.shape[0], *([1] * extra), -1).expand(shape)
+
+        last, last_time, seen = spread(state.last), spread(state.last_time), spread(state.seen)
         elapsed = (t.unsqueeze(-1) - last_time).clamp_min(0)
-        return torch.cat([h, last * seen, seen, torch.log1p(elapsed) * seen], dim=-1)
+        blocks = [h]
+        if self.trend:
+            blocks += self._history_features(state, t, last, seen, spread)
+        blocks += [last * seen, seen, torch.log1p(elapsed) * seen]
+        return torch.cat(blocks, dim=-1)
+
+    def _history_features(self, state: FilterState, t: Tensor, last: Tensor, seen: Tensor, spread) -> list:
+        """Per variable: running mean minus last value, least-squares line at ``t`` minus last
+        value (0 until two distinct times), log count; clamped to +-10 standard deviations."""
+        n, st, sy, stt, sty = (spread(state.sums[..., k]) for k in range(5))
+        count = n.clamp_min(1.0)
+        mean = sy / count
+        var_t = stt / count - (st / count) ** 2
+        lined = var_t > 1e-6
+        slope = torch.where(lined, (sty / count - (st / count) * mean) / var_t.clamp_min(1e-6), 0.0)
+        line = mean + slope * (t.unsqueeze(-1) - st / count)
+        to_mean = ((mean - last) * seen).clamp(-10.0, 10.0)
+        to_line = torch.where(lined, line - last, 0.0).clamp(-10.0, 10.0)
+        return [to_mean, to_line, torch.log1p(n)]
 
     def _plan(self, dts: Tensor) -> list[int | None]:
         """Fixed-step step counts for each column of intervals ``dts (B, K)`` (one device read)."""
@@ -259,7 +302,8 @@ class GRUODEBayes(nn.Module):
             times.gather(1, last.unsqueeze(1)).squeeze(1) if times.shape[1] else state.time,
             state.time,
         )
-        return FilterState(h, t_last, state.last, state.last_time, state.seen), nll_pre, nll_post
+        final = FilterState(h, t_last, *state._fields()[2:])
+        return final, nll_pre, nll_post
 
     def _training_cuts(self, lengths: Tensor) -> Tensor | None:
         """Index of each series' first observation not used for updates (its length if uncut)."""
@@ -332,4 +376,4 @@ class GRUODEBayes(nn.Module):
 
     def extra_repr(self) -> str:
         solver = f"solver={self.solver.method}, step_size={self.solver.step_size}"
-        return f"{solver}, carry_forward={self.carry_forward}"
+        return f"{solver}, carry_forward={self.carry_forward}, trend={self.trend}"
