@@ -14,6 +14,7 @@ from ctflow.data import IrregularBatch, from_dataframe, holdout_last
 from ctflow.flows.masked import GaussianEmission
 from ctflow.metrics import crps_samples
 from ctflow.models import GRUODEBayes
+from ctflow.ode import SolverOptions, fixed_step_plan, integrate, integrate_intervals
 from ctflow.training import _data_order, evaluate_forecast_nll, fit_model
 
 
@@ -204,3 +205,49 @@ def test_default_forecaster_beats_persistence_on_growth_curves():
     coverage = float(((y.numpy() >= lo) & (y.numpy() <= hi)).mean())
     assert 0.6 <= coverage <= 0.97
     assert model.validation_report_["crps_ratio"] < 1.0
+
+
+# ---------------------------------------------------------------- stable steps over long gaps
+
+
+class _Relaxation(torch.nn.Module):
+    """``dh/dt = rate * (target - h)`` with constant coefficients: ``h(t)`` is known exactly."""
+
+    def __init__(self, rate: float, target: float):
+        super().__init__()
+        self.rate, self.target = rate, target
+
+    def rate_and_target(self, h):
+        return torch.full_like(h, self.rate), torch.full_like(h, self.target)
+
+    def forward(self, h):
+        rate, target = self.rate_and_target(h)
+        return rate * (target - h)
+
+
+def test_exp_euler_is_exact_for_frozen_coefficients_and_stable_for_long_steps():
+    field = _Relaxation(rate=3.0, target=0.5)
+    h0 = torch.tensor([[2.0], [-1.0]], dtype=torch.float64)
+    dt = torch.tensor([0.7, 40.0], dtype=torch.float64)
+    options = SolverOptions(method="exp_euler", step_size=0.1, max_steps=2)
+    assert fixed_step_plan(dt.unsqueeze(1), options) == [2]  # capped from 400 steps
+    out = integrate_intervals(field, h0, dt, options)
+    exact = 0.5 + (h0 - 0.5) * torch.exp(-3.0 * dt).unsqueeze(1)
+    torch.testing.assert_close(out, exact)
+    euler = integrate_intervals(field, h0, dt, SolverOptions(method="euler", step_size=0.1, max_steps=2))
+    assert euler.abs().max() > 1e3  # plain Euler overshoots by orders of magnitude there
+
+
+def test_exp_euler_is_for_intervals_only_and_max_steps_is_checked():
+    with pytest.raises(ValueError, match="between observations only"):
+        integrate(lambda t, h: -h, torch.ones(1, 1), torch.tensor([0.0, 1.0]), SolverOptions("exp_euler"))
+    with pytest.raises(ValueError, match="max_steps"):
+        SolverOptions(method="euler", step_size=0.1, max_steps=0)
+
+
+def test_gaussian_draws_stay_finite_for_contexts_far_outside_the_data():
+    emission = GaussianEmission(1, 2, hidden=(4,), linear_skip=True)
+    with torch.no_grad():
+        emission.skip.weight.fill_(1.0)
+        draws = emission.sample(torch.tensor([[1e19, 1e19]]), 16)
+    assert torch.isfinite(draws).all()
