@@ -425,16 +425,27 @@ def evaluate_sequence_nll(model: nn.Module, data: IrregularBatch, batch_size: in
     _check_batch(data, "data")
     batch_size = _positive_int(batch_size, "batch_size")
     dtype, device = _dtype_device(model)
+
+    def terms(part: slice) -> tuple[Tensor, Tensor]:
+        return model.nll_terms(data.select(part, trim=True).to(device, dtype))
+
+    return _mean_over_chunks(model, len(data), batch_size, terms)
+
+
+def _mean_over_chunks(
+    model: nn.Module, n: int, batch_size: int, terms: Callable[[slice], tuple[Tensor, Tensor]]
+) -> float:
+    """Sum of ``terms(chunk)[0]`` over chunks of ``range(n)`` divided by the sum of ``[1]``, with
+    the model in eval mode and no gradients (its mode restored afterwards)."""
     was_training = model.training
     model.eval()
     total, count = 0.0, 0.0
     try:
         with torch.no_grad():
-            for start in range(0, len(data), batch_size):
-                chunk = data.select(slice(start, start + batch_size), trim=True).to(device, dtype)
-                nll, n = model.nll_terms(chunk)
-                total += float(nll.double())
-                count += float(n)
+            for start in range(0, n, batch_size):
+                value, weight = terms(slice(start, start + batch_size))
+                total += float(value.double())
+                count += float(weight)
     finally:
         model.train(was_training)
     return total / count if count else math.nan
@@ -459,21 +470,14 @@ def evaluate_forecast_nll(
     if len(context) != len(target):
         raise ValueError(f"context has {len(context)} series, target has {len(target)}")
     dtype, device = _dtype_device(model)
-    was_training = model.training
-    model.eval()
-    total, count = 0.0, 0.0
-    try:
-        with torch.no_grad():
-            for start in range(0, len(context), batch_size):
-                part = slice(start, start + batch_size)
-                ctx = context.select(part, trim=True).to(device, dtype)
-                tgt = target.select(part, trim=True).to(device, dtype)
-                predictive = model.predict(model.filter(ctx), tgt.times)
-                total -= float(predictive.log_prob(tgt.values, tgt.mask).double().sum())
-                count += float(tgt.mask.sum())
-    finally:
-        model.train(was_training)
-    return total / count if count else math.nan
+
+    def terms(part: slice) -> tuple[Tensor, Tensor]:
+        ctx = context.select(part, trim=True).to(device, dtype)
+        tgt = target.select(part, trim=True).to(device, dtype)
+        predictive = model.predict(model.filter(ctx), tgt.times)
+        return -predictive.log_prob(tgt.values, tgt.mask).sum(), tgt.mask.sum()
+
+    return _mean_over_chunks(model, len(context), batch_size, terms)
 
 
 def fit_model(
