@@ -193,7 +193,7 @@ def test_default_forecaster_beats_persistence_on_growth_curves():
     size = test.groupby("unique_id")["ds"].transform("size")
     context, target = test[rank < size - 2], test[rank >= size - 2]
     queries = target[["unique_id", "ds"]]
-    y = torch.as_tensor(target["size"].to_numpy())
+    y = torch.tensor(target["size"].to_numpy())
 
     model = Forecaster(random_state=0).fit(train)
     ours = model.forecast(context, times=queries, n_samples=400)
