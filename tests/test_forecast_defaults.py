@@ -251,3 +251,16 @@ def test_gaussian_draws_stay_finite_for_contexts_far_outside_the_data():
         emission.skip.weight.fill_(1.0)
         draws = emission.sample(torch.tensor([[1e19, 1e19]]), 16)
     assert torch.isfinite(draws).all()
+
+
+@pytest.mark.parametrize(
+    "params",
+    [{"emission": "mixlogistic"}, {"emission": "maf"}, {"model": "latent_ode"}, {"model": "latent_sde"}],
+)
+def test_every_model_and_emission_validates_on_held_out_last_rows(params):
+    df = growth_curves(8, seed=5)
+    small = {"hidden_size": 4, "p_hidden": 4, "prep_hidden": 2, "latent_dim": 2, "max_steps": 4}
+    est = Forecaster(eval_every=2, random_state=0, **small, **params).fit(df)
+    assert len(est.history_["selection"]["val_loss"]) == 2
+    assert np.isfinite(est.validation_report_["model_crps"])
+    assert est.predict(df, horizon=[1.0]).shape == (8, 3)

@@ -83,7 +83,12 @@ class PredictiveDistribution:
     def log_prob(self, y: Tensor, mask: Tensor | None = None) -> Tensor:
         """Log-density of the observed values ``(B, Q)``; ``mask`` defaults to all observed."""
         mask = torch.ones_like(y) if mask is None else mask
-        return self.emission.log_prob(y, mask, self.h)
+        # Flattened to rows: some emissions (the joint flow) take 2-D contexts only.
+        lead = y.shape[:-1]
+        flat = self.emission.log_prob(
+            y.reshape(-1, y.shape[-1]), mask.reshape(-1, y.shape[-1]), self.h.reshape(-1, self.h.shape[-1])
+        )
+        return flat.reshape(lead)
 
     def mean(self, n_samples: int = 256) -> Tensor:
         return self.emission.mean(self.h, n_samples)
