@@ -25,7 +25,14 @@ from .data.irregular import IrregularBatch, collate, holdout_last, split_series
 from .data.prepare import PreparedSeries, QueryGrid, Scaling, check_frame, prepare_series, query_grid
 from .data.timecodec import TimeCodec
 from .distributed import resolve_device
-from .forecast import Forecast, check_coverage, check_quantiles
+from .forecast import (
+    Forecast,
+    check_coverage,
+    check_quantiles,
+    interval_frame,
+    interval_levels,
+    quantile_frame,
+)
 from .models.registry import build_model
 from .training import evaluate_forecast_nll, evaluate_sequence_nll, fit_model
 from .validation import validation_report
@@ -381,35 +388,45 @@ class Forecaster(BaseEstimator):
         times = self.codec_.decode(grid.times[grid.series, grid.slot])
         return pd.DataFrame({self.id_col_: ids.to_numpy(), self.time_col_: times.to_numpy()})
 
+    def _chunks(self, context: PreparedSeries, grid: QueryGrid, per_query: int):
+        """Filter the queried series chunk by chunk (about ``2e6 / per_query`` query slots each);
+        yields ``(state, query times, local series index, output rows)`` per chunk."""
+        model, scaling = self.model_, self.scaling_
+        device = next(model.parameters()).device
+        queried = np.unique(grid.series)
+        position = np.full(len(context), -1)
+        position[queried] = np.arange(len(queried))
+        chunk = max(1, min(4096, 2_000_000 // max(1, per_query * grid.times.shape[1])))
+        batch = context.model_batch(scaling)
+        # Output rows grouped by the chunk of series they belong to (one sort, not a scan per chunk).
+        chunk_of = position[grid.series] // chunk
+        by_chunk = np.argsort(chunk_of, kind="stable")
+        bounds = np.searchsorted(chunk_of[by_chunk], np.arange(0, len(queried) // chunk + 2))
+        for c, start in enumerate(range(0, len(queried), chunk)):
+            rows = queried[start : start + chunk]
+            state = model.filter(batch.select(rows, trim=True).to(device))
+            qt = torch.as_tensor(context.model_times(grid.times[rows], scaling, rows), dtype=torch.float32)
+            sel = by_chunk[bounds[c] : bounds[c + 1]]
+            yield state, qt.to(device), position[grid.series[sel]] - start, sel
+
+    def _check_finite(self, context: PreparedSeries, grid: QueryGrid, bad: np.ndarray) -> None:
+        if bad.any():
+            series = pd.unique(context.ids[grid.series[bad]]).tolist()
+            raise ValueError(
+                f"the forecasts of series {series[:5]} are not finite: their context lies too far "
+                "outside the training data, or the model's weights diverged"
+            )
+
     def _simulate(
         self, context: PreparedSeries, grid: QueryGrid, n_samples: int, paths: bool, want_mean: bool
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Samples ``(n, Q, D)`` (none for ``n = 0``) and means ``(Q, D)`` in original units, series
         chunk by chunk; marginal draws and means come from one predictive per chunk."""
         model, scaling = self.model_, self.scaling_
-        device = next(model.parameters()).device
-        queried = np.unique(grid.series)
         out = np.empty((n_samples, grid.n_queries, self.n_variables_))
         means = np.empty((grid.n_queries, self.n_variables_)) if want_mean else None
-        position = np.full(len(context), -1)
-        position[queried] = np.arange(len(queried))
-        chunk = max(1, min(4096, 2_000_000 // max(1, n_samples * grid.times.shape[1] * self.n_variables_)))
-        batch = context.model_batch(scaling)
-        # Output rows grouped by the chunk of series they belong to (one sort, not a scan per chunk).
-        chunk_of = position[grid.series] // chunk
-        by_chunk = np.argsort(chunk_of, kind="stable")
-        bounds = np.searchsorted(chunk_of[by_chunk], np.arange(0, len(queried) // chunk + 2))
         with torch.no_grad():
-            for c, start in enumerate(range(0, len(queried), chunk)):
-                rows = queried[start : start + chunk]
-                part = batch.select(rows, trim=True).to(device)
-                state = model.filter(part)
-                qt = torch.as_tensor(
-                    context.model_times(grid.times[rows], scaling, rows), dtype=torch.float32
-                )
-                qt = qt.to(device)
-                sel = by_chunk[bounds[c] : bounds[c + 1]]
-                local = position[grid.series[sel]] - start
+            for state, qt, local, sel in self._chunks(context, grid, max(1, n_samples) * self.n_variables_):
                 predictive = None
                 if n_samples:
                     if paths:
@@ -426,13 +443,25 @@ class Forecaster(BaseEstimator):
         bad = ~np.isfinite(out).all((0, 2))
         if means is not None:
             bad |= ~np.isfinite(means).all(1)
-        if bad.any():
-            series = pd.unique(context.ids[grid.series[bad]]).tolist()
-            raise ValueError(
-                f"the forecasts of series {series[:5]} are not finite: their context lies too far "
-                "outside the training data, or the model's weights diverged"
-            )
+        self._check_finite(context, grid, bad)
         return out, means
+
+    def _marginal_quantiles(
+        self, context: PreparedSeries, grid: QueryGrid, levels: Sequence[float], n_samples: int
+    ) -> np.ndarray:
+        """Quantiles ``(len(levels), Q, D)`` of each query's marginal predictive in original
+        units: exact where the model's predictive has them (every built-in emission), else from
+        ``n_samples`` draws."""
+        model, scaling = self.model_, self.scaling_
+        out = np.empty((len(levels), grid.n_queries, self.n_variables_))
+        with torch.no_grad():
+            for state, qt, local, sel in self._chunks(context, grid, 8 * self.n_variables_):
+                predictive = model.predict(state, qt)
+                for i, level in enumerate(levels):
+                    q = predictive.quantile(level, n_samples)[local, grid.slot[sel]].double().cpu().numpy()
+                    out[i, sel] = scaling.values_from_model(q)
+        self._check_finite(context, grid, ~np.isfinite(out).all((0, 2)))
+        return out
 
     def _n(self, n_samples: int | None) -> int:
         return _check_positive_int(self.n_samples if n_samples is None else n_samples, "n_samples")
@@ -491,9 +520,15 @@ class Forecaster(BaseEstimator):
         quantiles: Sequence[float] = (0.1, 0.5, 0.9),
         n_samples: int | None = None,
     ) -> pd.DataFrame:
-        """Marginal quantiles: id, time and ``{variable}_q{100 q}`` columns."""
+        """Marginal quantiles: id, time and ``{variable}_q{100 q}`` columns. Exact (solved from
+        the predictive CDF) for every built-in emission; ``n_samples`` draws serve only models
+        whose predictive has no CDF."""
         levels = check_quantiles(quantiles)
-        return self.forecast(df, times, horizon, n_samples).quantile(levels)
+        context = self._context(df)
+        grid = self._queries(context, times, horizon)
+        with _seeded(self._seed(None), self.device_):
+            values = self._marginal_quantiles(context, grid, levels, self._n(n_samples))
+        return quantile_frame(self._query_frame(context, grid), self.value_cols_, levels, values)
 
     def predict_interval(
         self,
@@ -503,9 +538,14 @@ class Forecaster(BaseEstimator):
         coverage: Sequence[float] = (0.8, 0.95),
         n_samples: int | None = None,
     ) -> pd.DataFrame:
-        """Central intervals: id, time, ``{variable}_lower_{pct}`` and ``{variable}_upper_{pct}``."""
+        """Central intervals: id, time, ``{variable}_lower_{pct}`` and ``{variable}_upper_{pct}``
+        (exact quantiles, as :meth:`predict_quantiles`)."""
         levels = check_coverage(coverage)
-        return self.forecast(df, times, horizon, n_samples).interval(levels)
+        context = self._context(df)
+        grid = self._queries(context, times, horizon)
+        with _seeded(self._seed(None), self.device_):
+            values = self._marginal_quantiles(context, grid, interval_levels(levels), self._n(n_samples))
+        return interval_frame(self._query_frame(context, grid), self.value_cols_, levels, values)
 
     def sample(
         self,

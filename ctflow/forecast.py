@@ -9,7 +9,14 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-__all__ = ["Forecast", "check_coverage", "check_quantiles"]
+__all__ = [
+    "Forecast",
+    "check_coverage",
+    "check_quantiles",
+    "quantile_frame",
+    "interval_frame",
+    "interval_levels",
+]
 
 
 def check_quantiles(quantiles: Any) -> list[float]:
@@ -42,6 +49,43 @@ def check_coverage(coverage: Any) -> list[float]:
 
 def _label(level: float) -> str:
     return f"{100 * level:g}"
+
+
+def _with_columns(queries: pd.DataFrame, columns: dict[str, np.ndarray]) -> pd.DataFrame:
+    return pd.concat([queries, pd.DataFrame(columns, index=queries.index)], axis=1)
+
+
+def quantile_frame(
+    queries: pd.DataFrame, variables: Sequence[str], levels: Sequence[float], values: np.ndarray
+) -> pd.DataFrame:
+    """``queries`` plus per variable one column ``{variable}_q{100 q}`` per level, from quantiles
+    ``values (len(levels), n_queries, D)``."""
+    return _with_columns(
+        queries,
+        {
+            f"{v}_q{_label(lv)}": values[i, :, d]
+            for d, v in enumerate(variables)
+            for i, lv in enumerate(levels)
+        },
+    )
+
+
+def interval_levels(coverage: Sequence[float]) -> list[float]:
+    """The quantile levels ``[lower_1, upper_1, lower_2, ...]`` of central intervals."""
+    return [bound for c in coverage for bound in ((1 - c) / 2, (1 + c) / 2)]
+
+
+def interval_frame(
+    queries: pd.DataFrame, variables: Sequence[str], coverage: Sequence[float], values: np.ndarray
+) -> pd.DataFrame:
+    """``queries`` plus per variable and coverage ``{variable}_lower_{pct}`` and ``_upper_``, from
+    quantiles ``values`` at :func:`interval_levels` ``(2 len(coverage), n_queries, D)``."""
+    columns: dict[str, np.ndarray] = {}
+    for d, v in enumerate(variables):
+        for i, c in enumerate(coverage):
+            columns[f"{v}_lower_{_label(c)}"] = values[2 * i, :, d]
+            columns[f"{v}_upper_{_label(c)}"] = values[2 * i + 1, :, d]
+    return _with_columns(queries, columns)
 
 
 class Forecast:
@@ -98,7 +142,7 @@ class Forecast:
         return self.samples.shape[0]
 
     def _frame(self, columns: dict[str, np.ndarray]) -> pd.DataFrame:
-        return pd.concat([self.queries, pd.DataFrame(columns, index=self.queries.index)], axis=1)
+        return _with_columns(self.queries, columns)
 
     @property
     def mean(self) -> pd.DataFrame:
@@ -113,26 +157,14 @@ class Forecast:
     def quantile(self, q: float | Sequence[float]) -> pd.DataFrame:
         """Quantiles: id, time and per variable one column ``{variable}_q{100 q}`` per level."""
         levels = check_quantiles(q)
-        values = self.quantile_array(levels)
-        return self._frame(
-            {
-                f"{v}_q{_label(lv)}": values[i, :, d]
-                for d, v in enumerate(self.variables)
-                for i, lv in enumerate(levels)
-            }
-        )
+        return quantile_frame(self.queries, self.variables, levels, self.quantile_array(levels))
 
     def interval(self, coverage: float | Sequence[float] = (0.8, 0.95)) -> pd.DataFrame:
         """Central intervals: per variable and coverage, ``{variable}_lower_{pct}`` and ``_upper_``."""
         levels = check_coverage(coverage)
-        bounds = {c: self.quantile_array([(1 - c) / 2, (1 + c) / 2]) for c in levels}
-        columns: dict[str, np.ndarray] = {}
-        for d, v in enumerate(self.variables):
-            for c in levels:
-                lo, hi = bounds[c][:, :, d]
-                columns[f"{v}_lower_{_label(c)}"] = lo
-                columns[f"{v}_upper_{_label(c)}"] = hi
-        return self._frame(columns)
+        return interval_frame(
+            self.queries, self.variables, levels, self.quantile_array(interval_levels(levels))
+        )
 
     def to_frame(self, quantiles: Sequence[float] = (0.025, 0.1, 0.5, 0.9, 0.975)) -> pd.DataFrame:
         """Long frame: id, time, variable, mean and one column ``q{100 q}`` per quantile level."""

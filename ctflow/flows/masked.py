@@ -5,9 +5,9 @@ variables were measured, without imputing the rest. Three constructions:
 
 * :class:`GaussianEmission`: diagonal Gaussian; the density of an observed subset is the product
   of its marginals (De Brouwer et al. 2019, "GRU-ODE-Bayes").
-* :class:`PerVariableFlowEmission`: an independent conditional 1-D flow per variable
-  (mixture-of-logistics CDF, logit, affine: the Flow++ elementwise map), so every marginal is
-  exact and non-Gaussian (skewed, heavy-tailed, multimodal).
+* :class:`PerVariableFlowEmission`: an independent conditional 1-D flow per variable, the
+  mixture-of-logistics CDF of Flow++ onto a logistic base, so every marginal is an exact
+  mixture of logistics (skewed, heavy-tailed, multimodal) with closed-form moments.
 * :class:`JointFlowEmission`: a masked autoregressive flow conditioned on the context *and the
   mask*, transforming only observed dimensions (the idea of ACFlow: Li, Akbar & Oliva 2020,
   "ACFlow: Flow Models for Arbitrary Conditional Likelihoods"). For each mask the map restricted
@@ -15,21 +15,26 @@ variables were measured, without imputing the rest. Three constructions:
   density over exactly those coordinates, with dependence between them.
 
 All share one interface: ``log_prob(y, mask, context) -> (batch,)`` summed over observed values,
-``log_prob_terms`` per variable, ``sample(context, n)``, ``statistics`` (per-variable features for
-the GRU-Bayes update) and ``mean``.
+``log_prob_terms`` per variable, ``sample(context, n)`` (joint draws of all variables) and
+``statistics`` (per-variable features for the GRU-Bayes update). Forecasts need each variable's
+*marginal* predictive: ``mean``, ``variance``, ``cdf``, ``quantile`` and ``marginal_sample``. Every
+emission here gives all five exactly (closed form, or a bracketed solve of an exact CDF to the
+float precision), with one batched pass and no Monte Carlo; the base class falls back to Monte
+Carlo from ``sample`` for emissions that define only a density and a sampler.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 from torch import Tensor, nn
 
-from .autoregressive import MADE
-from .mixture_cdf import invert_logit_mixture_cdf, logistic_mixture_log_cdfs
+from .autoregressive import MADE, _DegreeByDegree
+from .mixture_cdf import logistic_mixture_bracket, logistic_mixture_log_cdfs
 from .nets import MLP, soft_clamp
+from .numerics import solve_increasing
 
 __all__ = [
     "MaskedEmission",
@@ -48,8 +53,30 @@ def _normal_log_prob(z: Tensor) -> Tensor:
     return -0.5 * z.square() - _LOG_SQRT_2PI
 
 
+def _normal_quantile(mu: Tensor, log_var: Tensor, q: float | Tensor) -> Tensor:
+    q = _check_levels(q, mu)
+    return mu + torch.exp(0.5 * log_var) * math.sqrt(2) * torch.erfinv(2 * q - 1)
+
+
+def _normal_cdf(y: Tensor, mu: Tensor, log_var: Tensor) -> Tensor:
+    return 0.5 * torch.erfc(-(y - mu) * torch.exp(-0.5 * log_var) / math.sqrt(2))
+
+
+def _check_levels(q: float | Tensor, like: Tensor) -> Tensor:
+    """Quantile levels as a tensor of ``like``'s dtype and device, each strictly inside (0, 1)."""
+    q = torch.as_tensor(q, dtype=like.dtype, device=like.device)
+    if not bool(((q > 0) & (q < 1)).all()):
+        raise ValueError(f"quantile levels must lie strictly between 0 and 1, got {q.tolist()}")
+    return q
+
+
 class MaskedEmission(nn.Module):
-    """Interface of a conditional density over partly observed vectors of size ``dim``."""
+    """Interface of a conditional density over partly observed vectors of size ``dim``.
+
+    Subclasses define ``log_prob_terms``, ``statistics`` and ``sample``; the marginal quantities
+    below default to Monte Carlo from ``sample`` (``quantile`` by a bracketed solve of ``cdf``
+    where a subclass gives one) and are overridden with exact ones where the density has them.
+    """
 
     n_statistics: int = 3
 
@@ -81,10 +108,45 @@ class MaskedEmission(nn.Module):
         """Mean of every variable ``(batch, dim)`` (Monte Carlo unless known in closed form)."""
         return self.sample(context, n_samples).mean(0)
 
+    def variance(self, context: Tensor, n_samples: int = 256) -> Tensor:
+        """Marginal variance of every variable ``(batch, dim)`` (Monte Carlo unless exact)."""
+        return self.sample(context, n_samples).var(0)
+
+    def cdf(self, y: Tensor, context: Tensor) -> Tensor:
+        """Marginal CDF of every variable at ``y (batch, dim)``."""
+        return self.cdf_function(context)(y)
+
+    def cdf_function(self, context: Tensor) -> Callable[[Tensor], Tensor]:
+        """The marginal CDFs at ``context`` as a function of ``y``, the network evaluated once
+        (for solvers that call it many times)."""
+        raise NotImplementedError(f"{type(self).__name__} has no marginal CDF")
+
+    def quantile(self, context: Tensor, q: float | Tensor, n_samples: int = 1000) -> Tensor:
+        """Marginal quantiles ``(batch, dim)`` at levels ``q`` (a float, or a tensor that
+        broadcasts to ``(batch, dim)``); Monte Carlo (interpolated order statistics) unless exact."""
+        q = _check_levels(q, context)
+        draws = self.marginal_sample(context, n_samples).sort(0).values
+        pos = (q * (n_samples - 1)).expand(draws.shape[1:])
+        below = pos.floor().long().clamp(0, n_samples - 1)
+        above = (below + 1).clamp_max(n_samples - 1)
+        lo, hi = draws.gather(0, below.unsqueeze(0))[0], draws.gather(0, above.unsqueeze(0))[0]
+        return lo + (pos - below) * (hi - lo)
+
+    def marginal_sample(self, context: Tensor, n: int = 1) -> Tensor:
+        """``n`` draws ``(n, batch, dim)`` of each variable from its marginal (for forecasts of
+        single values; ``sample`` draws all variables jointly)."""
+        return self.sample(context, n)
+
+    def auxiliary_nll(self, y: Tensor, mask: Tensor, context: Tensor) -> Tensor:
+        """An extra training term ``(batch,)`` that a model adds to its loss (none by default)."""
+        return y.new_zeros(y.shape[:-1])
+
 
 class GaussianEmission(MaskedEmission):
     """Diagonal Gaussian ``N(mu(c), diag(sigma(c)^2))``, parameters from an MLP of the context
     (plus a linear map of it, or of its last ``linear_skip`` columns, with ``linear_skip``).
+
+    Exact: density, mean, variance, CDF, quantiles and samples (all closed form).
 
     GRU-Bayes statistics are the paper's: ``[y, mu, log sigma^2, (y - mu) / sigma]``
     (De Brouwer, Simm, Arany & Moreau 2019, "GRU-ODE-Bayes: Continuous modeling of
@@ -144,19 +206,30 @@ class GaussianEmission(MaskedEmission):
     def mean(self, context: Tensor, n_samples: int = 0) -> Tensor:
         return self.params(context)[0]
 
-    def quantile(self, context: Tensor, q: float | Tensor) -> Tensor:
-        """Exact marginal quantiles ``(batch, dim)``."""
+    def variance(self, context: Tensor, n_samples: int = 0) -> Tensor:
+        return self.params(context)[1].exp()
+
+    def cdf_function(self, context: Tensor) -> Callable[[Tensor], Tensor]:
         mu, log_var = self.params(context)
-        q = torch.as_tensor(q, dtype=mu.dtype, device=mu.device)
-        return mu + torch.exp(0.5 * log_var) * math.sqrt(2) * torch.erfinv(2 * q - 1)
+        return lambda y: _normal_cdf(y, mu, log_var)
+
+    def quantile(self, context: Tensor, q: float | Tensor, n_samples: int = 0) -> Tensor:
+        """Exact marginal quantiles ``(batch, dim)``."""
+        return _normal_quantile(*self.params(context), q)
 
 
 class PerVariableFlowEmission(MaskedEmission):
-    """Independent conditional 1-D flows: ``z_d = logit(F_d(y_d)) * exp(a_d) + b_d``, ``z_d ~ N(0, 1)``.
+    """Independent conditional 1-D flows: ``z_d = logit F_d(y_d)`` with ``z_d`` standard logistic.
 
-    ``F_d`` is a mixture of ``n_components`` logistics; every parameter comes from an MLP of the
-    context (Ho et al. 2019, "Flow++", for the elementwise map). Marginals are exact, so any
+    ``F_d`` is the CDF of a mixture of ``n_components`` logistics whose weights, means and scales
+    come from an MLP of the context (the Flow++ elementwise map: Ho, Chen, Srinivas, Duan &
+    Abbeel 2019, "Flow++: Improving Flow-Based Generative Models with Variational Dequantization
+    and Architecture Design"), so each variable's density is exactly that mixture and any
     observed subset has the exact product density. GRU-Bayes statistics: ``[y, z, log p(y_d)]``.
+
+    Exact: density, mean, variance (closed form), CDF, quantiles (bisection in the mixture's
+    exact bracket to the float precision, then one Newton step) and samples (a component per
+    draw, then its closed-form inverse CDF).
     """
 
     def __init__(
@@ -165,47 +238,80 @@ class PerVariableFlowEmission(MaskedEmission):
         context_dim: int,
         hidden: Sequence[int] = (25,),
         n_components: int = 4,
-        scale_bound: float = 3.0,
     ):
+        if n_components < 1:
+            raise ValueError(f"n_components must be >= 1, got {n_components}")
         super().__init__(dim, context_dim)
         self.k = n_components
-        self.scale_bound = scale_bound
-        self.net = MLP(context_dim, dim * (3 * n_components + 2), hidden, zero_init=False)
-        # Spread the initial component means so the mixture starts multimodal-capable.
+        self.net = MLP(context_dim, dim * 3 * n_components, hidden, zero_init=False)
+        # Components start spread over the standardised range, each with unit variance.
         with torch.no_grad():
-            bias = self.net.net[-1].bias.view(dim, 3 * n_components + 2)
-            bias[:, 2 + n_components : 2 + 2 * n_components] = torch.linspace(-1.5, 1.5, n_components)
+            bias = self.net.net[-1].bias.view(dim, 3, n_components)
+            bias[:, 1] = torch.linspace(-1.5, 1.5, n_components)
+            bias[:, 2] = math.log(math.sqrt(3) / math.pi)
 
-    def _params(self, context: Tensor):
-        p = self.net(context).view(*context.shape[:-1], self.dim, 3 * self.k + 2)
-        k = self.k
-        log_a = soft_clamp(p[..., 0], self.scale_bound)
-        b = p[..., 1]
-        return log_a, b, p[..., 2 : 2 + k], p[..., 2 + k : 2 + 2 * k], p[..., 2 + 2 * k :].clamp(-7.0, 7.0)
+    def mixture(self, context: Tensor) -> tuple[Tensor, Tensor, Tensor]:
+        """Log-weights, means and log-scales of every variable's mixture: ``(..., dim, K)`` each."""
+        p = self.net(context).view(*context.shape[:-1], self.dim, 3, self.k)
+        return torch.log_softmax(p[..., 0, :], dim=-1), p[..., 1, :], p[..., 2, :].clamp(-7.0, 7.0)
 
     def _forward(self, y: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
-        log_a, b, logits, means, log_s = self._params(context)
-        log_cdf, log_sf, log_pdf = logistic_mixture_log_cdfs(y, logits, means, log_s)
-        z = (log_cdf - log_sf) * log_a.exp() + b
-        return z, log_pdf - log_cdf - log_sf + log_a
+        log_cdf, log_sf, log_pdf = logistic_mixture_log_cdfs(y, *self.mixture(context))
+        return log_cdf - log_sf, log_pdf
 
     def log_prob_terms(self, y: Tensor, mask: Tensor, context: Tensor) -> Tensor:
-        z, ladj = self._forward(y * mask, context)
-        return (_normal_log_prob(z) + ladj) * mask
+        return self._forward(y * mask, context)[1] * mask
 
     def statistics(self, y: Tensor, mask: Tensor, context: Tensor) -> Tensor:
         return self.log_prob_and_statistics(y, mask, context)[1]
 
     def log_prob_and_statistics(self, y: Tensor, mask: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
-        z, ladj = self._forward(y * mask, context)
-        terms = (_normal_log_prob(z) + ladj) * mask
+        z, log_pdf = self._forward(y * mask, context)
+        terms = log_pdf * mask
         return terms.sum(-1), torch.stack([y, z, terms], dim=-1) * mask.unsqueeze(-1)
 
+    def mean(self, context: Tensor, n_samples: int = 0) -> Tensor:
+        log_w, means, _ = self.mixture(context)
+        return (log_w.exp() * means).sum(-1)
+
+    def variance(self, context: Tensor, n_samples: int = 0) -> Tensor:
+        log_w, means, log_s = self.mixture(context)
+        w = log_w.exp()
+        mean = (w * means).sum(-1, keepdim=True)
+        # A logistic of scale s has variance s^2 pi^2 / 3.
+        return (w * ((means - mean).square() + (2 * log_s).exp() * (math.pi**2 / 3))).sum(-1)
+
+    def cdf_function(self, context: Tensor) -> Callable[[Tensor], Tensor]:
+        log_w, means, log_s = self.mixture(context)
+        return lambda y: logistic_mixture_log_cdfs(y, log_w, means, log_s)[0].exp()
+
+    def quantile(self, context: Tensor, q: float | Tensor, n_samples: int = 0) -> Tensor:
+        log_w, means, log_s = self.mixture(context)
+        q = _check_levels(q, means)
+        target = (torch.log(q) - torch.log1p(-q)).expand(means.shape[:-1])
+        lo, hi = logistic_mixture_bracket(target, means, log_s)
+
+        def logit_cdf(v: Tensor) -> Tensor:
+            lc, ls, _ = logistic_mixture_log_cdfs(v, log_w, means, log_s)
+            return lc - ls
+
+        def dlogit_cdf(v: Tensor) -> Tensor:
+            lc, ls, lp = logistic_mixture_log_cdfs(v, log_w, means, log_s)
+            return (lp - lc - ls).exp()
+
+        return solve_increasing(logit_cdf, dlogit_cdf, target, lo, hi)
+
     def sample(self, context: Tensor, n: int = 1) -> Tensor:
-        log_a, b, logits, means, log_s = (p.unsqueeze(0).expand(n, *p.shape) for p in self._params(context))
-        z = torch.randn(log_a.shape, dtype=log_a.dtype, device=log_a.device)
-        target = (z - b) * (-log_a).exp()
-        return invert_logit_mixture_cdf(target, logits, means, log_s)
+        log_w, means, log_s = self.mixture(context)
+        shape = (n, *means.shape[:-1])
+        # Component by inverse CDF of the weights, then the logistic's own inverse CDF.
+        u = torch.rand(shape, dtype=means.dtype, device=means.device)
+        pick = (u.unsqueeze(-1) > log_w.exp().cumsum(-1)).sum(-1, keepdim=True).clamp_max(self.k - 1)
+        mu = means.expand(*shape, self.k).gather(-1, pick).squeeze(-1)
+        log_scale = log_s.expand(*shape, self.k).gather(-1, pick).squeeze(-1)
+        v = torch.rand(shape, dtype=means.dtype, device=means.device)
+        tiny = torch.finfo(means.dtype).tiny
+        return mu + log_scale.exp() * (torch.log(v.clamp_min(tiny)) - torch.log1p(-v))
 
 
 class JointFlowEmission(MaskedEmission):
@@ -219,6 +325,16 @@ class JointFlowEmission(MaskedEmission):
 
     As in ACFlow, the density of each observed subset is normalised and exact, but it is a
     density of its own (conditioned on the mask), not the marginal of the all-observed density.
+    A variable's marginal is therefore its density under the mask that observes it alone, and
+    that density is Gaussian: with one coordinate observed, every layer's shift and scale for it
+    depend on the context and mask only (its predecessors are masked out), so the layers
+    compose to one affine map. In training, ``auxiliary_nll`` scores one observed variable of
+    each row with two or more alone (the ACFlow training of arbitrary marginals), so these
+    marginals are learned even where all variables are always observed together.
+
+    Exact: density, and every marginal quantity (mean, variance, CDF, quantiles, marginal
+    samples: one pass of each layer). Joint samples of all variables (``sample``) take ``dim``
+    passes of each layer, the sequential direction of an autoregressive flow.
     """
 
     def __init__(
@@ -262,18 +378,76 @@ class JointFlowEmission(MaskedEmission):
         terms = (_normal_log_prob(z) + ladj) * mask
         return terms.sum(-1), torch.stack([y, z, terms], dim=-1) * mask.unsqueeze(-1)
 
+    def marginal_params(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        """Mean and log-variance ``(..., dim)`` of each variable's Gaussian marginal."""
+        lead, d = context.shape[:-1], self.dim
+        ctx = context.reshape(-1, context.shape[-1])
+        masks = torch.eye(d, dtype=ctx.dtype, device=ctx.device).repeat(ctx.shape[0], 1)
+        cond = torch.cat([ctx.repeat_interleave(d, dim=0), masks], dim=-1)
+        # Inputs stay zero: a coordinate's parameters see only its (masked) predecessors.
+        u = torch.zeros_like(masks)
+        log_scale, shift = torch.zeros_like(masks), torch.zeros_like(masks)
+        for made in self.mades:
+            t, log_s = self._layer_params(made, u, masks, cond)
+            shift = shift * log_s.exp() + t
+            log_scale = log_scale + log_s
+        # Row i * d + j holds variable j's map under the mask that observes it alone.
+        log_scale = log_scale.view(-1, d, d).diagonal(dim1=1, dim2=2)
+        shift = shift.view(-1, d, d).diagonal(dim1=1, dim2=2)
+        # z = y exp(S) + T with z ~ N(0, 1): y ~ N(-T exp(-S), exp(-2 S)).
+        return (-shift * (-log_scale).exp()).reshape(*lead, d), (-2 * log_scale).reshape(*lead, d)
+
+    def mean(self, context: Tensor, n_samples: int = 0) -> Tensor:
+        return self.marginal_params(context)[0]
+
+    def variance(self, context: Tensor, n_samples: int = 0) -> Tensor:
+        return self.marginal_params(context)[1].exp()
+
+    def cdf_function(self, context: Tensor) -> Callable[[Tensor], Tensor]:
+        mu, log_var = self.marginal_params(context)
+        return lambda y: _normal_cdf(y, mu, log_var)
+
+    def quantile(self, context: Tensor, q: float | Tensor, n_samples: int = 0) -> Tensor:
+        return _normal_quantile(*self.marginal_params(context), q)
+
+    def marginal_sample(self, context: Tensor, n: int = 1) -> Tensor:
+        mu, log_var = self.marginal_params(context)
+        return mu + (0.5 * log_var).exp() * torch.randn(n, *mu.shape, dtype=mu.dtype, device=mu.device)
+
+    def auxiliary_nll(self, y: Tensor, mask: Tensor, context: Tensor) -> Tensor:
+        lead = y.shape[:-1]
+        y, mask = y.reshape(-1, self.dim), mask.reshape(-1, self.dim)
+        context = context.reshape(-1, self.context_dim)
+        several = mask.sum(-1) >= 2
+        # One observed variable per row, uniformly at random.
+        pick = torch.multinomial(mask + (mask.sum(-1, keepdim=True) == 0).to(mask), 1)
+        alone = torch.zeros_like(mask).scatter_(1, pick, 1.0) * several.unsqueeze(-1).to(mask)
+        return -self.log_prob(y, alone, context).reshape(lead)
+
     def sample(self, context: Tensor, n: int = 1) -> Tensor:
         ctx = context.unsqueeze(0).expand(n, *context.shape).reshape(-1, context.shape[-1])
         mask = torch.ones(ctx.shape[0], self.dim, dtype=ctx.dtype, device=ctx.device)
         cond = torch.cat([ctx, mask], dim=-1)
         u = torch.randn(ctx.shape[0], self.dim, dtype=ctx.dtype, device=ctx.device)
         for made in reversed(self.mades):
-            z, x = u, torch.zeros_like(u)
-            for _ in range(self.dim):
-                shift, log_s = self._layer_params(made, x, mask, cond)
-                x = (z - shift) * (-log_s).exp()
-            u = x
+            u = self._invert_layer(made, u, cond)
         return u.view(n, *context.shape[:-1], self.dim)
+
+    def _invert_layer(self, made: MADE, z: Tensor, cond: Tensor) -> Tensor:
+        """``x`` with ``x * exp(s(x)) + t(x) = z``, every variable observed: ``dim`` sequential
+        steps, each computing only the hidden units that the newly solved variable feeds."""
+        if torch.is_grad_enabled():
+            frozen, x = made.freeze(cond), torch.zeros_like(z)
+            for _ in range(self.dim):
+                shift, raw = made(x, frozen=frozen).chunk(2, dim=-1)
+                x = (z - shift) * (-soft_clamp(raw, self.scale_bound)).exp()
+            return x
+        solver = _DegreeByDegree(made, cond, z.shape[0], z)
+        z_t = z.t().index_select(0, solver.in_order)  # (dim, batch), in degree order
+        for k in range(self.dim):
+            shift, raw = solver.params(k)
+            torch.mul(z_t[k] - shift, (-soft_clamp(raw, self.scale_bound)).exp(), out=solver.solved[k])
+        return solver.solved.index_select(0, made.degrees - 1).t().contiguous()
 
 
 class LastValueEmission(MaskedEmission):
@@ -286,6 +460,8 @@ class LastValueEmission(MaskedEmission):
     corrects, as in the carry-forward baseline it improves on, and the width of the change can
     grow with the elapsed time (Che et al. 2018, "Recurrent Neural Networks for Multivariate Time
     Series with Missing Values", feed the same last values and intervals to GRU-D).
+
+    Every marginal quantity is the inner emission's, shifted (exact where the inner one is).
     """
 
     def __init__(self, inner: MaskedEmission):
@@ -319,11 +495,21 @@ class LastValueEmission(MaskedEmission):
     def mean(self, context: Tensor, n_samples: int = 256) -> Tensor:
         return self.inner.mean(context, n_samples) + self.shift(context)
 
-    def quantile(self, context: Tensor, q: float | Tensor) -> Tensor:
-        """Exact marginal quantiles ``(batch, dim)`` where the inner emission has them."""
-        if not hasattr(self.inner, "quantile"):
-            raise NotImplementedError(f"{type(self.inner).__name__} has no closed-form quantiles")
-        return self.inner.quantile(context, q) + self.shift(context)
+    def variance(self, context: Tensor, n_samples: int = 256) -> Tensor:
+        return self.inner.variance(context, n_samples)
+
+    def cdf_function(self, context: Tensor) -> Callable[[Tensor], Tensor]:
+        inner, shift = self.inner.cdf_function(context), self.shift(context)
+        return lambda y: inner(y - shift)
+
+    def quantile(self, context: Tensor, q: float | Tensor, n_samples: int = 1000) -> Tensor:
+        return self.inner.quantile(context, q, n_samples) + self.shift(context)
+
+    def marginal_sample(self, context: Tensor, n: int = 1) -> Tensor:
+        return self.inner.marginal_sample(context, n) + self.shift(context)
+
+    def auxiliary_nll(self, y: Tensor, mask: Tensor, context: Tensor) -> Tensor:
+        return self.inner.auxiliary_nll(y - self.shift(context), mask, context)
 
 
 EMISSIONS = {

@@ -20,7 +20,7 @@ def bisection_steps(width: float, tol: float) -> int:
 
 def solve_increasing(
     g: Callable[[Tensor], Tensor],
-    dg: Callable[[Tensor], Tensor],
+    dg: Callable[[Tensor], Tensor] | None,
     target: Tensor,
     lo: Tensor,
     hi: Tensor,
@@ -30,17 +30,22 @@ def solve_increasing(
     """Solve ``g(a) = target`` elementwise for a strictly increasing ``g`` bracketed by ``[lo, hi]``.
 
     Vectorised bisection without autograd: ``iters`` halvings, or as many as bring the widest
-    bracket below ``tol`` (default: enough for the dtype's precision on brackets up to ~1e4
-    wide). Then one Newton step with autograd: its value changes by a rounding error but its
-    gradient is the implicit-function gradient ``-(dg/dtheta - dtarget/dtheta) / g'(a)``, so the
-    solution can be differentiated. ``dg`` is ``g'``.
+    bracket below ``tol``, by default below the dtype's resolution at the brackets' magnitude
+    (no halving beyond what the floats can tell apart). Then, with ``dg`` (``g'``), one Newton
+    step with autograd: its value changes by a rounding error but its gradient is the
+    implicit-function gradient ``-(dg/dtheta - dtarget/dtheta) / g'(a)``, so the solution can be
+    differentiated.
     """
-    if tol is not None:
-        if not tol > 0:
-            raise ValueError(f"tol must be positive, got {tol}")
-        iters = bisection_steps(float((hi - lo).detach().max()), tol) if lo.numel() else 1
+    if tol is not None and not tol > 0:
+        raise ValueError(f"tol must be positive, got {tol}")
+    if iters is None and lo.numel():
+        width = float((hi - lo).detach().max())
+        if tol is None:
+            magnitude = float(torch.maximum(lo.detach().abs(), hi.detach().abs()).max())
+            tol = torch.finfo(lo.dtype).eps * max(magnitude, 1.0)
+        iters = bisection_steps(width, tol) if math.isfinite(width) else 80
     elif iters is None:
-        iters = 80 if target.dtype == torch.float64 else 50
+        iters = 1
     with torch.no_grad():
         lo, hi = lo.detach().clone(), hi.detach().clone()
         for _ in range(iters):
@@ -49,4 +54,6 @@ def solve_increasing(
             hi = torch.where(above, mid, hi)
             lo = torch.where(above, lo, mid)
         root = 0.5 * (lo + hi)
+    if dg is None:
+        return root
     return root - (g(root) - target) / dg(root)

@@ -91,20 +91,24 @@ class PredictiveDistribution:
         return flat.reshape(lead)
 
     def mean(self, n_samples: int = 256) -> Tensor:
+        """Marginal means ``(B, Q, D)`` (exact for every built-in emission)."""
         return self.emission.mean(self.h, n_samples)
+
+    def variance(self, n_samples: int = 256) -> Tensor:
+        """Marginal variances ``(B, Q, D)``."""
+        return self.emission.variance(self.h, n_samples)
+
+    def cdf(self, y: Tensor) -> Tensor:
+        """Marginal CDFs at ``y (B, Q, D)``."""
+        return self.emission.cdf(y, self.h)
+
+    def quantile(self, q: float | Tensor, n_samples: int = 1000) -> Tensor:
+        """Marginal quantiles ``(B, Q, D)`` at level ``q`` (exact for every built-in emission)."""
+        return self.emission.quantile(self.h, q, n_samples)
 
     def sample(self, n: int) -> Tensor:
         """Marginal samples at each query point, independently: ``(n, B, Q, D)``."""
-        return self.emission.sample(self.h, n)
-
-    def quantile(self, q: float, n_samples: int = 1000) -> Tensor:
-        exact = getattr(self.emission, "quantile", None)
-        if exact is not None:
-            try:
-                return exact(self.h, q)
-            except NotImplementedError:  # a wrapper whose inner emission has no closed form
-                pass
-        return torch.quantile(self.sample(n_samples), q, dim=0)
+        return self.emission.marginal_sample(self.h, n)
 
 
 class GRUODEBayes(nn.Module):
@@ -288,9 +292,12 @@ class GRUODEBayes(nn.Module):
         for k, n_steps in enumerate(plan):
             h = self._advance(h, dts[:, k], n_steps)
             y, m = values[:, k], mask[:, k]
-            log_prob, stats = self.emission.log_prob_and_statistics(y, m, self.context(h, state, times[:, k]))
+            context = self.context(h, state, times[:, k])
+            log_prob, stats = self.emission.log_prob_and_statistics(y, m, context)
             if score:
                 nll_pre = nll_pre - log_prob.sum()
+            if score and self.training:
+                nll_pre = nll_pre + self.emission.auxiliary_nll(y, m, context).sum()
             if score and self.training and self.update_dropout:
                 keep = torch.rand(m.shape[0], 1, device=m.device) >= self.update_dropout
                 m = m * keep.to(m.dtype)
@@ -372,7 +379,7 @@ class GRUODEBayes(nn.Module):
         for k, n_steps in enumerate(plan):
             h = self._advance(h, dts[:, k], n_steps)
             context = self.context(h, rep, times[:, k])
-            y = self.emission.sample(context, 1)[0]
+            y = self.emission.sample(context, 1)[0]  # all variables jointly
             out.append(y)
             h = self.bayes(h, self.emission.statistics(y, full, context), full)
             rep = rep.observe(y, full, times[:, k])

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 from ..data.irregular import IrregularBatch
 from ..dynamics.odernn import ODEFunc, ODERNNEncoder
 from ..flows.masked import MaskedEmission, make_emission
+from ..flows.numerics import solve_increasing
 from ..ode import NFECounter, SolverOptions, fixed_step_plan, integrate_intervals
 from .posterior import Posterior
 
@@ -59,17 +60,49 @@ class MixturePredictive:
         lp = self.emission.log_prob(y.expand(s, *y.shape), mask.expand(s, *mask.shape), self.h)
         return torch.logsumexp(lp, 0) - math.log(s)
 
+    def _rows(self) -> Tensor:
+        return self.h.reshape(-1, self.h.shape[-1])
+
+    def _per_particle(self, x: Tensor) -> Tensor:
+        return x.view(*self.h.shape[:-1], -1)
+
     def mean(self, n_samples: int = 256) -> Tensor:
-        """``(B, Q, D)``: the average of the particles' emission means."""
-        s, b, q, L = self.h.shape
-        return self.emission.mean(self.h.reshape(-1, L), n_samples).view(s, b, q, -1).mean(0)
+        """``(B, Q, D)``: the average of the particles' emission means (exact given the particles)."""
+        return self._per_particle(self.emission.mean(self._rows(), n_samples)).mean(0)
+
+    def variance(self, n_samples: int = 256) -> Tensor:
+        """``(B, Q, D)``: the mixture's variance (law of total variance over the particles)."""
+        rows = self._rows()
+        means = self._per_particle(self.emission.mean(rows, n_samples))
+        second = self._per_particle(self.emission.variance(rows, n_samples)) + means.square()
+        return second.mean(0) - means.mean(0).square()
+
+    def cdf(self, y: Tensor) -> Tensor:
+        """The mixture's marginal CDFs at ``y (B, Q, D)``."""
+        return self.emission.cdf(y.expand(self.h.shape[0], *y.shape), self.h).mean(0)
+
+    def quantile(self, q: float | Tensor, n_samples: int = 1000) -> Tensor:
+        """Marginal quantiles ``(B, Q, D)`` of the mixture over particles: bisection on its CDF
+        (exact given the particles) inside ``[min, max]`` of the particles' own quantiles."""
+        own = self.emission.quantile(self.h, q, n_samples)
+        try:
+            cdf = self.emission.cdf_function(self.h)
+        except NotImplementedError:  # an emission with a sampler only
+            return torch.quantile(self.sample(n_samples), float(q), dim=0)
+        level = torch.as_tensor(q, dtype=own.dtype, device=own.device).expand(own.shape[1:])
+        return solve_increasing(
+            lambda v: cdf(v.expand_as(own)).mean(0), None, level, own.min(0).values, own.max(0).values
+        )
 
     def sample(self, n: int) -> Tensor:
-        """Independent draws ``(n, B, Q, D)`` from each query's mixture."""
-        s, b, q, L = self.h.shape
-        pick = torch.randint(s, (n, b, q), device=self.h.device)
-        h = self.h.gather(0, pick.unsqueeze(-1).expand(-1, -1, -1, L))
-        return self.emission.sample(h.reshape(-1, L), 1)[0].view(n, b, q, -1)
+        """Draws ``(n, B, Q, D)`` from each query's mixture, stratified over the particles: every
+        particle's emission gives ``ceil(n / S)`` draws (its network evaluated once), which are
+        shuffled independently per query and cut to ``n``."""
+        s, b, q, _ = self.h.shape
+        m = -(-n // s)
+        draws = self.emission.marginal_sample(self._rows(), m).view(m * s, b, q, -1)
+        order = torch.rand(m * s, b, q, device=self.h.device).argsort(0)[:n]
+        return draws.gather(0, order.unsqueeze(-1).expand(-1, -1, -1, draws.shape[-1]))
 
 
 class LatentODE(nn.Module):
@@ -179,6 +212,8 @@ class LatentODE(nn.Module):
             z = self._advance(z, dts[:, k].repeat(s), n_steps)
             y, m = values[:, k].repeat(s, 1), mask[:, k].repeat(s, 1)
             log_lik = log_lik + self.emission.log_prob(y, m, z)
+            if self.training:
+                log_lik = log_lik - self.emission.auxiliary_nll(y, m, z)
         return log_lik.view(s, b), z.view(s, b, L)
 
     def log_weights(self, batch: IrregularBatch, n: int) -> tuple[Tensor, Tensor, Tensor]:

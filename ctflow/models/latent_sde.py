@@ -111,7 +111,10 @@ class LatentSDE(LatentODE):
             if n_steps:
                 y = self._posterior_step(y, states[:, k].repeat(s, 1), dts[:, k].repeat(s), n_steps)
             z = y[:, :L]
-            log_lik = log_lik + self.emission.log_prob(values[:, k].repeat(s, 1), mask[:, k].repeat(s, 1), z)
+            obs, m = values[:, k].repeat(s, 1), mask[:, k].repeat(s, 1)
+            log_lik = log_lik + self.emission.log_prob(obs, m, z)
+            if self.training:
+                log_lik = log_lik - self.emission.auxiliary_nll(obs, m, z)
         z_last = y[:, :L].view(s, b, L)
         return log_lik.view(s, b), y[:, L].view(s, b), y[:, L + 1].view(s, b), z_last
 
