@@ -560,6 +560,40 @@ class Forecaster(BaseEstimator):
         over each series' queries by default (``paths=False``: independent marginal draws)."""
         return self.forecast(df, times, horizon, n_samples, paths=paths, seed=seed).samples
 
+    def predictive_log_prob(self, df: pd.DataFrame, targets: pd.DataFrame) -> np.ndarray:
+        """Log-density, in the data's units, of each row of ``targets`` (id, time and the value
+        columns; NaN where not observed) under the model's predictive at its time given the
+        context ``df``, the other target rows unseen: one value per row, summed over the row's
+        observed variables (0 for a row with none). Each target time must lie after its series'
+        last observation in ``df``."""
+        context = self._context(df)
+        missing = [c for c in self.value_cols_ if c not in targets.columns]
+        if missing:
+            raise ValueError(
+                f"targets has no column(s) {missing}; expected the value columns {self.value_cols_}"
+            )
+        grid = self._queries(context, targets, None)
+        try:
+            y = targets[self.value_cols_].to_numpy(dtype=np.float64)
+        except (TypeError, ValueError) as err:
+            raise TypeError(f"targets: the value columns {self.value_cols_} must be numeric ({err})") from err
+        observed = np.isfinite(y)
+        scaled = np.where(observed, self.scaling_.values_to_model(np.where(observed, y, 0.0)), 0.0)
+        out = np.empty(grid.n_queries)
+        with torch.no_grad(), _seeded(self._seed(None), self.device_):
+            for state, qt, local, sel in self._chunks(context, grid, self.n_variables_):
+                shape = (*qt.shape, self.n_variables_)
+                values, mask = np.zeros(shape), np.zeros(shape)
+                values[local, grid.slot[sel]] = scaled[sel]
+                mask[local, grid.slot[sel]] = observed[sel]
+                lp = self.model_.predict(state, qt).log_prob(
+                    torch.as_tensor(values, dtype=qt.dtype, device=qt.device),
+                    torch.as_tensor(mask, dtype=qt.dtype, device=qt.device),
+                )
+                out[sel] = lp[local, grid.slot[sel]].double().cpu().numpy()
+        # Model units are (x - mean) / scale: a value's density in the data's units is 1/scale times it.
+        return out - observed @ np.log(self.scaling_.scale)
+
     def score(self, df: pd.DataFrame, y: Any = None) -> float:
         """Mean log-likelihood per observed value of one-step-ahead predictions, in the original
         units of the data (higher is better): each observation is scored by the model's predictive

@@ -59,7 +59,6 @@ from sklearn.model_selection import train_test_split
 from ctflow import Forecast, Forecaster
 from ctflow.baselines import LastValueBaseline
 from ctflow.data import PHYSIONET2012_VARIABLES, load_physionet2012
-from ctflow.data.prepare import prepare_series, query_grid
 from experiments.forecast_study import scores
 from experiments.results_io import RESULTS, write_result
 
@@ -160,39 +159,11 @@ def joint_nll(model: Any, context: pd.DataFrame, targets: pd.DataFrame) -> float
     return -total / n_targets
 
 
-def marginal_nll(est: Forecaster, context: pd.DataFrame, targets: pd.DataFrame, chunk: int = 256) -> float:
-    """NLL per target value under the marginal predictive density of each target time: the
-    fitted model's filter state after the context, propagated to that time (the other targets
-    unseen); in the frame's units. Built from the fitted model as ``Forecaster.forecast`` is."""
-    cols = est.value_cols_
-    prepared = prepare_series(context, est.id_col_, est.time_col_, cols, est.codec_)
-    queries = targets[[est.id_col_, est.time_col_]]
-    grid = query_grid(prepared, est.codec_, est.id_col_, est.time_col_, times=queries)
-    scaling, model = est.scaling_, est.model_
-    y = targets[cols].to_numpy(dtype=np.float64)
-    observed = ~np.isnan(y)
-    values = np.zeros((*grid.times.shape, len(cols)))
-    mask = np.zeros_like(values)
-    values[grid.series, grid.slot] = np.where(observed, scaling.values_to_model(y), 0.0)
-    mask[grid.series, grid.slot] = observed
-    device = next(model.parameters()).device
-    batch = prepared.model_batch(scaling)
-    total = 0.0
-    model.eval()
-    with torch.no_grad():
-        for start in range(0, len(prepared), chunk):
-            rows = np.arange(start, min(start + chunk, len(prepared)))
-            state = model.filter(batch.select(rows, trim=True).to(device))
-            qt = prepared.model_times(grid.times[rows], scaling, rows)
-            predictive = model.predict(state, torch.as_tensor(qt, dtype=torch.float32, device=device))
-            lp = predictive.log_prob(
-                torch.as_tensor(values[rows], dtype=torch.float32, device=device),
-                torch.as_tensor(mask[rows], dtype=torch.float32, device=device),
-            )
-            total += float(lp.double().sum())
-    # Model units are (x - mean) / scale: each value's density in the frame's units is 1/scale times it.
-    log_jacobian = float((observed.sum(0) * np.log(scaling.scale)).sum())
-    return -(total - log_jacobian) / int(observed.sum())
+def marginal_nll(est: Forecaster, context: pd.DataFrame, targets: pd.DataFrame) -> float:
+    """NLL per target value under the marginal predictive density of each target time (the
+    fitted model's filter state after the context, propagated to that time; the other targets
+    unseen), in the frame's units: ``Forecaster.predictive_log_prob``."""
+    return -float(est.predictive_log_prob(context, targets).sum()) / n_values(targets)
 
 
 def last_value_mse(context: pd.DataFrame, targets: pd.DataFrame) -> float:

@@ -22,7 +22,7 @@ N_MC = 400_000
 
 @pytest.fixture(autouse=True)
 def _no_grad(request):
-    if "forecaster" in request.node.name:  # fits train with autograd (in their own thread)
+    if "forecaster" in request.node.name or "predictive_log_prob" in request.node.name:  # fits need autograd
         yield
         return
     with torch.no_grad():
@@ -233,12 +233,12 @@ def _growth_panel(n_series: int = 24, seed: int = 0) -> pd.DataFrame:
     return pd.DataFrame(rows, columns=["unique_id", "ds", "a", "b"])
 
 
-@pytest.mark.parametrize("emission", ["mixlogistic", "maf"])
-def test_forecaster_quantiles_are_exact_and_agree_with_samples(emission):
+# GRU-ODE-Bayes filters deterministically; a latent model's predictive is a new particle mixture
+# at every call, so its quantiles are checked against its own draws above.
+@pytest.mark.parametrize("params", [{"emission": "mixlogistic"}, {"emission": "maf"}])
+def test_forecaster_quantiles_are_exact_and_agree_with_samples(params):
     df = _growth_panel()
-    est = Forecaster(
-        emission=emission, max_steps=40, eval_every=20, hidden_size=8, p_hidden=8, random_state=0
-    )
+    est = Forecaster(**params, max_steps=40, eval_every=20, hidden_size=8, p_hidden=8, random_state=0)
     est.fit(df)
     q = est.predict_quantiles(df, horizon=[1.0, 2.0], quantiles=(0.1, 0.5, 0.9))
     assert list(q.columns[2:]) == ["a_q10", "a_q50", "a_q90", "b_q10", "b_q50", "b_q90"]
@@ -258,3 +258,54 @@ def test_forecaster_quantiles_are_exact_and_agree_with_samples(emission):
     assert np.all(
         np.abs(mean["a"].to_numpy() - fc.samples[:, :, 0].mean(0)) < 5 * sd / math.sqrt(20_000) + 1e-6
     )
+
+
+@pytest.fixture(scope="module")
+def fitted_mixture():
+    df = _growth_panel(seed=3)
+    return df, Forecaster(
+        emission="mixlogistic", max_steps=30, eval_every=30, hidden_size=8, p_hidden=8, random_state=0
+    ).fit(df)
+
+
+def test_predictive_log_prob_integrates_to_one_in_data_units(fitted_mixture):
+    """The density of one variable at one query, over a grid of its values in the data's units."""
+    df, est = fitted_mixture
+    last = df.groupby("unique_id")["ds"].max()
+    mean = est.predict(df, horizon=[1.0])
+    centre, grid = float(mean["a"].iloc[0]), np.linspace(-40, 40, 8001)
+    targets = pd.DataFrame(
+        {"unique_id": last.index[0], "ds": last.iloc[0] + 1.0, "a": centre + grid, "b": np.nan}
+    )
+    density = np.exp(est.predictive_log_prob(df, targets))
+    assert abs(np.trapezoid(density, centre + grid) - 1.0) < 1e-4
+
+
+def test_predictive_log_prob_sums_over_observed_variables_and_matches_the_gaussian(fitted_mixture):
+    df, _ = fitted_mixture
+    est = Forecaster(max_steps=30, eval_every=30, hidden_size=8, p_hidden=8, random_state=0).fit(df)
+    last = df.groupby("unique_id")["ds"].max()
+    targets = pd.DataFrame({"unique_id": last.index, "ds": last.to_numpy() + 0.5})
+    mean = est.predict(df, times=targets)
+    q = est.predict_quantiles(df, times=targets, quantiles=(0.8413447460685429,))
+    targets["a"], targets["b"] = mean["a"].to_numpy() + 0.3, np.nan
+    sd = q["a_q84.1345"].to_numpy() - mean["a"].to_numpy()
+    expected = -0.5 * (0.3 / sd) ** 2 - np.log(sd) - 0.5 * np.log(2 * np.pi)
+    np.testing.assert_allclose(est.predictive_log_prob(df, targets), expected, rtol=1e-4, atol=1e-4)
+    # A second observed variable adds its own term; a row with none scores 0.
+    both = targets.assign(b=mean["b"].to_numpy())
+    assert (est.predictive_log_prob(df, both) != est.predictive_log_prob(df, targets)).all()
+    empty = targets.assign(a=np.nan)
+    np.testing.assert_array_equal(est.predictive_log_prob(df, empty), 0.0)
+
+
+def test_predictive_log_prob_rejects_bad_targets(fitted_mixture):
+    df, est = fitted_mixture
+    last = df.groupby("unique_id")["ds"].max()
+    targets = pd.DataFrame({"unique_id": last.index, "ds": last.to_numpy() + 1.0, "a": 0.0, "b": 0.0})
+    with pytest.raises(ValueError, match="no column"):
+        est.predictive_log_prob(df, targets.drop(columns="b"))
+    with pytest.raises(TypeError, match="numeric"):
+        est.predictive_log_prob(df, targets.assign(a="x"))
+    with pytest.raises(ValueError, match="not after its last observation"):
+        est.predictive_log_prob(df, targets.assign(ds=last.to_numpy()))
