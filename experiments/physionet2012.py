@@ -36,6 +36,7 @@ Published test MSEs on this protocol are listed for reference. Results go to
     python -m experiments.physionet2012 [--seeds 0 1 2 3 4] [--params '{"max_epochs": 50}']
         [--time-limit 3600] [--n-samples 200] [--data PATH] [--baseline-only]
         [--max-train-stays N] [--tag NAME] [--threads N]
+    python -m experiments.physionet2012 --merge experiments/results/a.json ... --tag NAME
 """
 
 from __future__ import annotations
@@ -363,11 +364,21 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--max-train-stays", type=int, default=None, help="subsample training stays")
     p.add_argument("--tag", default="", help="suffix of the results files")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument(
+        "--merge",
+        nargs="+",
+        type=Path,
+        default=None,
+        help="combine these result JSON files (runs of one configuration) into one report",
+    )
     args = p.parse_args(argv)
     if not isinstance(args.params, dict):
         p.error("--params must be a JSON object")
     if args.tag and not re.fullmatch(r"[A-Za-z0-9_.-]+", args.tag):
         p.error("--tag may only hold letters, digits, '_', '.' and '-'")
+    if args.merge:
+        write_report(merge_results(args.merge), args.tag or "merged")
+        return
     if args.threads:
         torch.set_num_threads(args.threads)
     data = prepare(args.data or default_data_path(), args.max_train_stays)
@@ -410,11 +421,39 @@ def main(argv: Sequence[str] | None = None) -> None:
         "persistence": persistence,
         "published_mse": PUBLISHED_MSE,
     }
+    write_report(result, args.tag)
+
+
+def write_report(result: dict[str, Any], tag: str) -> None:
     text = report(result)
     print(text)
-    name = "physionet2012" + (f"_{args.tag}" if args.tag else "")
+    name = "physionet2012" + (f"_{tag}" if tag else "")
     write_result(RESULTS / f"{name}.json", json.dumps(result, indent=2, default=str))
     write_result(RESULTS / f"{name}.md", text)
+
+
+def merge_results(paths: Sequence[Path]) -> dict[str, Any]:
+    """One result from the runs of several result files of the same protocol and configuration
+    (e.g. one seed per process); refuses files that differ in protocol, data or parameters."""
+    results = [json.loads(Path(p).read_text()) for p in paths]
+    first = results[0]
+    runs = [r for res in results for r in res["runs"]]
+    if not runs:
+        raise ValueError("the files hold no model runs to merge")
+    reference = {k: v for k, v in runs[0]["params"].items() if k not in ("random_state", "time_limit")}
+    for path, res in zip(paths, results, strict=True):
+        if res["protocol"] | {"time_limit": None} != first["protocol"] | {"time_limit": None}:
+            raise ValueError(f"{path} was run under a different protocol")
+        if res["data"]["n_target_values"] != first["data"]["n_target_values"]:
+            raise ValueError(f"{path} scored different targets")
+        for r in res["runs"]:
+            params = {k: v for k, v in r["params"].items() if k not in ("random_state", "time_limit")}
+            if params != reference:
+                raise ValueError(f"{path} holds a run with other parameters")
+    seeds = [r["seed"] for r in runs]
+    if len(set(seeds)) != len(seeds):
+        raise ValueError(f"seeds repeat across the files: {seeds}")
+    return {**first, "runs": runs, "summary": summarise(runs), "merged_from": [str(p) for p in paths]}
 
 
 if __name__ == "__main__":
