@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+import json
 import tarfile
 from pathlib import Path
 
@@ -17,6 +18,7 @@ from experiments.physionet2012 import (
     joint_nll,
     last_value_mse,
     marginal_nll,
+    merge_results,
     n_values,
     protocol_split,
     score_forecast,
@@ -316,3 +318,44 @@ def test_forecaster_scores_on_the_protocol() -> None:
     assert 0 <= out["coverage_80"] <= out["coverage_95"] <= 1 and out["crps"] > 0
     # With one target per stay its marginal predictive is its one-step-ahead predictive.
     assert marginal_nll(est, context, targets) == pytest.approx(joint_nll(est, context, targets), rel=1e-4)
+
+
+def _result_file(tmp_path: Path, name: str, seeds: list[int], lr: float = 0.003) -> Path:
+    metrics = {
+        "mse": 0.3,
+        "nll": 0.4,
+        "joint_nll": 0.2,
+        "crps": 0.25,
+        "coverage_80": 0.8,
+        "coverage_95": 0.95,
+    }
+    runs = [
+        {
+            **metrics,
+            "mse": 0.29 + 0.001 * s,
+            "seed": s,
+            "fit_seconds": 10.0,
+            "params": {"lr": lr, "random_state": s},
+        }
+        for s in seeds
+    ]
+    result = {
+        "protocol": {"n_targets": 3, "time_limit": 60.0},
+        "data": {"n_target_values": 100},
+        "runs": runs,
+    }
+    path = tmp_path / name
+    path.write_text(json.dumps(result))
+    return path
+
+
+def test_merge_results_pools_runs_and_refuses_mixed_configurations(tmp_path):
+    a, b = _result_file(tmp_path, "a.json", [0, 1]), _result_file(tmp_path, "b.json", [2])
+    merged = merge_results([a, b])
+    assert [r["seed"] for r in merged["runs"]] == [0, 1, 2]
+    assert merged["summary"]["mse"]["mean"] == pytest.approx(0.291)
+    assert merged["summary"]["mse"]["std"] == pytest.approx(0.001)
+    with pytest.raises(ValueError, match="other parameters"):
+        merge_results([a, _result_file(tmp_path, "c.json", [3], lr=0.01)])
+    with pytest.raises(ValueError, match="seeds repeat"):
+        merge_results([a, _result_file(tmp_path, "d.json", [1])])
