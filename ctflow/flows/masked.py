@@ -247,8 +247,8 @@ class PerVariableFlowEmission(MaskedEmission):
         # Components start spread over the standardised range, each with unit variance.
         with torch.no_grad():
             bias = self.net.net[-1].bias.view(dim, 3, n_components)
-            bias[:, 1] = torch.linspace(-1.5, 1.5, n_components)
-            bias[:, 2] = math.log(math.sqrt(3) / math.pi)
+            bias[:, 1] = torch.linspace(-0.5, 0.5, n_components)
+            bias[:, 2] = math.log(math.sqrt(3) / math.pi) - 1.0
 
     def mixture(self, context: Tensor) -> tuple[Tensor, Tensor, Tensor]:
         """Log-weights, means and log-scales of every variable's mixture: ``(..., dim, K)`` each."""
