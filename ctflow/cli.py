@@ -254,7 +254,7 @@ def add_forecast_parser(commands: argparse._SubParsersAction) -> None:
     when.add_argument("--times", metavar="QUERIES.csv", help="CSV of (id, time) rows to forecast at")
     p.add_argument("--quantiles", nargs="+", type=float, default=[0.1, 0.5, 0.9], metavar="Q")
     p.add_argument("-o", "--output", required=True, metavar="OUT.csv")
-    p.add_argument("--n-samples", type=int, help="samples behind the quantiles (default: the model's)")
+    p.add_argument("--n-samples", type=int, help="samples behind the plot's bands (default: the model's)")
     p.add_argument("--seed", type=int, help="sampling seed (default: the model's)")
     p.add_argument("--plot", metavar="PNG", help="also plot forecasts to this image")
     p.add_argument("--plot-series", nargs="+", metavar="ID", help="series to plot (default: the first)")
@@ -310,13 +310,15 @@ def run_forecast(args: argparse.Namespace) -> int:
     est = _load(args.model_dir, args.device)
     context = _read_for(est, args.context)
     times = _read_for(est, args.times) if args.times else None
-    fc = est.forecast(context, times=times, horizon=args.horizon, n_samples=args.n_samples, seed=args.seed)
-    table = fc.to_frame(quantiles=args.quantiles)
-    series = _pick_series(fc.queries[est.id_col_], args.plot_series) if args.plot else []
+    table = est.predict_table(context, times=times, horizon=args.horizon, quantiles=args.quantiles)
     if args.plot:
-        _plot(fc, series, Path(args.plot))
+        fc = est.forecast(
+            context, times=times, horizon=args.horizon, n_samples=args.n_samples, seed=args.seed
+        )
+        _plot(fc, _pick_series(fc.queries[est.id_col_], args.plot_series), Path(args.plot))
+    n_vars = len(est.value_cols_)
     atomic_write(Path(args.output), lambda tmp: table.to_csv(tmp, index=False))
-    print(f"wrote {len(table)} rows ({len(fc)} queries x {len(fc.variables)} variables) to {args.output}")
+    print(f"wrote {len(table)} rows ({len(table) // n_vars} queries x {n_vars} variables) to {args.output}")
     return 0
 
 

@@ -31,6 +31,7 @@ from .forecast import (
     check_quantiles,
     interval_frame,
     interval_levels,
+    long_table,
     quantile_frame,
 )
 from .models.registry import build_model
@@ -529,6 +530,24 @@ class Forecaster(BaseEstimator):
         with _seeded(self._seed(None), self.device_):
             values = self._marginal_quantiles(context, grid, levels, self._n(n_samples))
         return quantile_frame(self._query_frame(context, grid), self.value_cols_, levels, values)
+
+    def predict_table(
+        self,
+        df: pd.DataFrame,
+        times: pd.DataFrame | None = None,
+        horizon: Sequence[Any] | None = None,
+        quantiles: Sequence[float] = (0.025, 0.1, 0.5, 0.9, 0.975),
+        n_samples: int | None = None,
+    ) -> pd.DataFrame:
+        """Long frame: id, time, variable, predictive mean and one column ``q{100 q}`` per level
+        (exact, as :meth:`predict_quantiles`); the layout of :meth:`Forecast.to_frame`."""
+        levels = check_quantiles(quantiles)
+        context = self._context(df)
+        grid = self._queries(context, times, horizon)
+        with _seeded(self._seed(None), self.device_):
+            _, means = self._simulate(context, grid, 0, False, want_mean=True)
+            values = self._marginal_quantiles(context, grid, levels, self._n(n_samples))
+        return long_table(self._query_frame(context, grid), self.value_cols_, means, levels, values)
 
     def predict_interval(
         self,

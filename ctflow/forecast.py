@@ -16,6 +16,7 @@ __all__ = [
     "quantile_frame",
     "interval_frame",
     "interval_levels",
+    "long_table",
 ]
 
 
@@ -68,6 +69,24 @@ def quantile_frame(
             for i, lv in enumerate(levels)
         },
     )
+
+
+def long_table(
+    queries: pd.DataFrame,
+    variables: Sequence[str],
+    mean: np.ndarray,
+    levels: Sequence[float],
+    values: np.ndarray,
+) -> pd.DataFrame:
+    """Long frame: the two query columns, ``variable``, ``mean`` and one column ``q{100 q}`` per
+    level, from means ``(n_queries, D)`` and quantiles ``values (len(levels), n_queries, D)``."""
+    n, d = len(queries), len(variables)
+    out = pd.DataFrame({c: np.repeat(queries[c].to_numpy(), d) for c in queries.columns[:2]})
+    out["variable"] = np.tile(np.asarray(variables, dtype=object), n)
+    out["mean"] = np.asarray(mean).reshape(-1)
+    for i, level in enumerate(levels):
+        out[f"q{_label(level)}"] = values[i].reshape(-1)
+    return out
 
 
 def interval_levels(coverage: Sequence[float]) -> list[float]:
@@ -169,19 +188,7 @@ class Forecast:
     def to_frame(self, quantiles: Sequence[float] = (0.025, 0.1, 0.5, 0.9, 0.975)) -> pd.DataFrame:
         """Long frame: id, time, variable, mean and one column ``q{100 q}`` per quantile level."""
         levels = check_quantiles(quantiles)
-        q = self.quantile_array(levels)
-        n, d = len(self.queries), len(self.variables)
-        out = pd.DataFrame(
-            {
-                self.id_col: np.repeat(self.queries[self.id_col].to_numpy(), d),
-                self.time_col: np.repeat(self.queries[self.time_col].to_numpy(), d),
-                "variable": np.tile(np.asarray(self.variables, dtype=object), n),
-                "mean": self._mean.reshape(-1),
-            }
-        )
-        for i, level in enumerate(levels):
-            out[f"q{_label(level)}"] = q[i].reshape(-1)
-        return out
+        return long_table(self.queries, self.variables, self._mean, levels, self.quantile_array(levels))
 
     def plot(
         self,

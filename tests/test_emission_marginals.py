@@ -250,6 +250,11 @@ def test_forecaster_quantiles_are_exact_and_agree_with_samples(params):
     spread = (q["a_q90"] - q["a_q10"]).to_numpy()
     for col in ("a_q10", "a_q50", "a_q90"):
         assert np.all(np.abs(q[col].to_numpy() - mc[col].to_numpy()) < 0.05 * spread + 1e-6)
+    table = est.predict_table(df, horizon=[1.0, 2.0], quantiles=(0.1, 0.9))
+    assert list(table.columns) == list(fc.to_frame(quantiles=(0.1, 0.9)).columns)
+    rows_a = (table["variable"] == "a").to_numpy()
+    np.testing.assert_allclose(table.loc[rows_a, "q10"], q["a_q10"])
+    np.testing.assert_allclose(table.loc[rows_a, "mean"], est.predict(df, horizon=[1.0, 2.0])["a"])
     iv = est.predict_interval(df, horizon=[1.0, 2.0], coverage=(0.8,))
     np.testing.assert_allclose(iv["a_lower_80"], q["a_q10"], rtol=1e-6, atol=1e-6)
     np.testing.assert_allclose(iv["b_upper_80"], q["b_q90"], rtol=1e-6, atol=1e-6)
