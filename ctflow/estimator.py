@@ -397,7 +397,10 @@ class Forecaster(BaseEstimator):
         queried = np.unique(grid.series)
         position = np.full(len(context), -1)
         position[queried] = np.arange(len(queried))
-        chunk = max(1, min(4096, 2_000_000 // max(1, per_query * grid.times.shape[1])))
+        # Models that forecast from particles hold that many states per series.
+        particles = int(getattr(model, "n_particles", 1))
+        cap = max(16, 4096 // max(1, particles // 4))
+        chunk = max(1, min(cap, 2_000_000 // max(1, per_query * grid.times.shape[1])))
         batch = context.model_batch(scaling)
         # Output rows grouped by the chunk of series they belong to (one sort, not a scan per chunk).
         chunk_of = position[grid.series] // chunk

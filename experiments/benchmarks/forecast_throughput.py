@@ -169,7 +169,8 @@ def report(out: dict[str, Any]) -> str:
         lines.append("")
     m = out["machine"]
     lines.append(
-        f"Machine: {m['cpu']}, torch {m['torch']} with {out['threads']} threads, device {out['device']}."
+        f"Machine: {m['cpu']} ({m['cpu_count']} CPUs), GPU: {m['gpu'] or 'none'}, torch {m['torch']} "
+        f"with {out['threads']} threads, device {out['device']}."
     )
     return "\n".join(lines) + "\n"
 
@@ -190,7 +191,11 @@ def main() -> None:
     p.add_argument("--physionet", type=Path, default=None, help="folder of set-{a,b,c}.tar.gz")
     p.add_argument("--max-stays", type=int, default=None, help="PhysioNet test stays to forecast")
     p.add_argument("--tag", default="")
+    p.add_argument("--report", type=Path, default=None, help="rewrite the Markdown table of a saved JSON")
     args = p.parse_args()
+    if args.report:
+        write_result(args.report.with_suffix(".md"), report(json.loads(args.report.read_text())))
+        return
     torch.set_num_threads(args.threads)
     out = {
         "n_samples": args.n_samples,
