@@ -40,9 +40,11 @@ def logistic_mixture_log_cdfs(
     """
     log_w = torch.log_softmax(logits, dim=-1)
     u = (x.unsqueeze(-1) - means) * torch.exp(-log_scales)
-    log_cdf = torch.logsumexp(log_w + F.logsigmoid(u), dim=-1)
-    log_sf = torch.logsumexp(log_w + F.logsigmoid(-u), dim=-1)
-    log_pdf = torch.logsumexp(log_w - log_scales + F.logsigmoid(u) + F.logsigmoid(-u), dim=-1)
+    below = log_w + F.logsigmoid(u)  # log(w sigmoid(u)); log sigmoid(-u) = log sigmoid(u) - u
+    above = below - u
+    log_cdf = torch.logsumexp(below, dim=-1)
+    log_sf = torch.logsumexp(above, dim=-1)
+    log_pdf = torch.logsumexp(below + above - log_w - log_scales, dim=-1)
     return log_cdf, log_sf, log_pdf
 
 
