@@ -413,7 +413,13 @@ class Forecaster(BaseEstimator):
             sel = by_chunk[bounds[c] : bounds[c + 1]]
             yield state, qt.to(device), position[grid.series[sel]] - start, sel
 
-    def _check_finite(self, context: PreparedSeries, grid: QueryGrid, bad: np.ndarray) -> None:
+    def _check_finite(
+        self, context: PreparedSeries, grid: QueryGrid, values: np.ndarray, means: np.ndarray | None
+    ) -> None:
+        """``values (k, Q, D)`` and ``means (Q, D)`` must be finite; else name the series."""
+        bad = ~np.isfinite(values).all((0, 2))
+        if means is not None:
+            bad |= ~np.isfinite(means).all(1)
         if bad.any():
             series = pd.unique(context.ids[grid.series[bad]]).tolist()
             raise ValueError(
@@ -444,28 +450,39 @@ class Forecaster(BaseEstimator):
                     predictive = predictive or model.predict(state, qt)
                     m = predictive.mean()[local, grid.slot[sel]].double().cpu().numpy()
                     means[sel] = scaling.values_from_model(m)
-        bad = ~np.isfinite(out).all((0, 2))
-        if means is not None:
-            bad |= ~np.isfinite(means).all(1)
-        self._check_finite(context, grid, bad)
+        self._check_finite(context, grid, out, means)
         return out, means
 
     def _marginal_quantiles(
-        self, context: PreparedSeries, grid: QueryGrid, levels: Sequence[float], n_samples: int
-    ) -> np.ndarray:
-        """Quantiles ``(len(levels), Q, D)`` of each query's marginal predictive in original
-        units: exact where the model's predictive has them (every built-in emission), else from
-        ``n_samples`` draws."""
+        self,
+        df: pd.DataFrame,
+        times: pd.DataFrame | None,
+        horizon: Sequence[Any] | None,
+        levels: Sequence[float],
+        n_samples: int | None,
+        want_mean: bool = False,
+    ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray | None]:
+        """The query frame, quantiles ``(len(levels), Q, D)`` of each query's marginal predictive
+        in original units (exact where the model's predictive has them, every built-in emission;
+        else from ``n_samples`` draws) and, with ``want_mean``, the means ``(Q, D)``, all from one
+        filter pass."""
+        context = self._context(df)
+        grid = self._queries(context, times, horizon)
+        n = self._n(n_samples)
         model, scaling = self.model_, self.scaling_
         out = np.empty((len(levels), grid.n_queries, self.n_variables_))
-        with torch.no_grad():
+        means = np.empty((grid.n_queries, self.n_variables_)) if want_mean else None
+        with torch.no_grad(), _seeded(self._seed(None), self.device_):
             for state, qt, local, sel in self._chunks(context, grid, 8 * self.n_variables_):
                 predictive = model.predict(state, qt)
                 for i, level in enumerate(levels):
-                    q = predictive.quantile(level, n_samples)[local, grid.slot[sel]].double().cpu().numpy()
+                    q = predictive.quantile(level, n)[local, grid.slot[sel]].double().cpu().numpy()
                     out[i, sel] = scaling.values_from_model(q)
-        self._check_finite(context, grid, ~np.isfinite(out).all((0, 2)))
-        return out
+                if means is not None:
+                    m = predictive.mean()[local, grid.slot[sel]].double().cpu().numpy()
+                    means[sel] = scaling.values_from_model(m)
+        self._check_finite(context, grid, out, means)
+        return self._query_frame(context, grid), out, means
 
     def _n(self, n_samples: int | None) -> int:
         return _check_positive_int(self.n_samples if n_samples is None else n_samples, "n_samples")
@@ -528,11 +545,8 @@ class Forecaster(BaseEstimator):
         the predictive CDF) for every built-in emission; ``n_samples`` draws serve only models
         whose predictive has no CDF."""
         levels = check_quantiles(quantiles)
-        context = self._context(df)
-        grid = self._queries(context, times, horizon)
-        with _seeded(self._seed(None), self.device_):
-            values = self._marginal_quantiles(context, grid, levels, self._n(n_samples))
-        return quantile_frame(self._query_frame(context, grid), self.value_cols_, levels, values)
+        queries, values, _ = self._marginal_quantiles(df, times, horizon, levels, n_samples)
+        return quantile_frame(queries, self.value_cols_, levels, values)
 
     def predict_table(
         self,
@@ -545,12 +559,10 @@ class Forecaster(BaseEstimator):
         """Long frame: id, time, variable, predictive mean and one column ``q{100 q}`` per level
         (exact, as :meth:`predict_quantiles`); the layout of :meth:`Forecast.to_frame`."""
         levels = check_quantiles(quantiles)
-        context = self._context(df)
-        grid = self._queries(context, times, horizon)
-        with _seeded(self._seed(None), self.device_):
-            _, means = self._simulate(context, grid, 0, False, want_mean=True)
-            values = self._marginal_quantiles(context, grid, levels, self._n(n_samples))
-        return long_table(self._query_frame(context, grid), self.value_cols_, means, levels, values)
+        queries, values, means = self._marginal_quantiles(
+            df, times, horizon, levels, n_samples, want_mean=True
+        )
+        return long_table(queries, self.value_cols_, means, levels, values)
 
     def predict_interval(
         self,
@@ -563,11 +575,8 @@ class Forecaster(BaseEstimator):
         """Central intervals: id, time, ``{variable}_lower_{pct}`` and ``{variable}_upper_{pct}``
         (exact quantiles, as :meth:`predict_quantiles`)."""
         levels = check_coverage(coverage)
-        context = self._context(df)
-        grid = self._queries(context, times, horizon)
-        with _seeded(self._seed(None), self.device_):
-            values = self._marginal_quantiles(context, grid, interval_levels(levels), self._n(n_samples))
-        return interval_frame(self._query_frame(context, grid), self.value_cols_, levels, values)
+        queries, values, _ = self._marginal_quantiles(df, times, horizon, interval_levels(levels), n_samples)
+        return interval_frame(queries, self.value_cols_, levels, values)
 
     def sample(
         self,

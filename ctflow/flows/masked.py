@@ -142,7 +142,33 @@ class MaskedEmission(nn.Module):
         return y.new_zeros(y.shape[:-1])
 
 
-class GaussianEmission(MaskedEmission):
+class _GaussianMarginals:
+    """Marginal quantities of an emission whose every variable is marginally Gaussian with
+    mean and log-variance ``marginal_params(context)``: all exact."""
+
+    def marginal_params(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        raise NotImplementedError
+
+    def mean(self, context: Tensor, n_samples: int = 0) -> Tensor:
+        return self.marginal_params(context)[0]
+
+    def variance(self, context: Tensor, n_samples: int = 0) -> Tensor:
+        return self.marginal_params(context)[1].exp()
+
+    def cdf_function(self, context: Tensor) -> Callable[[Tensor], Tensor]:
+        mu, log_var = self.marginal_params(context)
+        return lambda y: _normal_cdf(y, mu, log_var)
+
+    def quantile(self, context: Tensor, q: float | Tensor, n_samples: int = 0) -> Tensor:
+        """Exact marginal quantiles ``(batch, dim)``."""
+        return _normal_quantile(*self.marginal_params(context), q)
+
+    def marginal_sample(self, context: Tensor, n: int = 1) -> Tensor:
+        mu, log_var = self.marginal_params(context)
+        return mu + (0.5 * log_var).exp() * torch.randn(n, *mu.shape, dtype=mu.dtype, device=mu.device)
+
+
+class GaussianEmission(_GaussianMarginals, MaskedEmission):
     """Diagonal Gaussian ``N(mu(c), diag(sigma(c)^2))``, parameters from an MLP of the context
     (plus a linear map of it, or of its last ``linear_skip`` columns, with ``linear_skip``).
 
@@ -199,23 +225,11 @@ class GaussianEmission(MaskedEmission):
         log_prob = ((_normal_log_prob(resid) - 0.5 * log_var) * mask).sum(-1)
         return log_prob, torch.stack([y, mu, log_var, resid], dim=-1) * mask.unsqueeze(-1)
 
+    def marginal_params(self, context: Tensor) -> tuple[Tensor, Tensor]:
+        return self.params(context)
+
     def sample(self, context: Tensor, n: int = 1) -> Tensor:
-        mu, log_var = self.params(context)
-        return mu + torch.exp(0.5 * log_var) * torch.randn(n, *mu.shape, dtype=mu.dtype, device=mu.device)
-
-    def mean(self, context: Tensor, n_samples: int = 0) -> Tensor:
-        return self.params(context)[0]
-
-    def variance(self, context: Tensor, n_samples: int = 0) -> Tensor:
-        return self.params(context)[1].exp()
-
-    def cdf_function(self, context: Tensor) -> Callable[[Tensor], Tensor]:
-        mu, log_var = self.params(context)
-        return lambda y: _normal_cdf(y, mu, log_var)
-
-    def quantile(self, context: Tensor, q: float | Tensor, n_samples: int = 0) -> Tensor:
-        """Exact marginal quantiles ``(batch, dim)``."""
-        return _normal_quantile(*self.params(context), q)
+        return self.marginal_sample(context, n)  # the variables are independent
 
 
 class PerVariableFlowEmission(MaskedEmission):
@@ -315,7 +329,7 @@ class PerVariableFlowEmission(MaskedEmission):
         return mu + log_scale.exp() * (torch.log(v.clamp_min(tiny)) - torch.log1p(-v))
 
 
-class JointFlowEmission(MaskedEmission):
+class JointFlowEmission(_GaussianMarginals, MaskedEmission):
     """Masked autoregressive flow over the observed variables, conditioned on context and mask.
 
     Each of ``n_layers`` layers maps ``u_d -> u_d * exp(s_d) + t_d`` for observed ``d`` with
@@ -397,23 +411,6 @@ class JointFlowEmission(MaskedEmission):
         shift = shift.view(-1, d, d).diagonal(dim1=1, dim2=2)
         # z = y exp(S) + T with z ~ N(0, 1): y ~ N(-T exp(-S), exp(-2 S)).
         return (-shift * (-log_scale).exp()).reshape(*lead, d), (-2 * log_scale).reshape(*lead, d)
-
-    def mean(self, context: Tensor, n_samples: int = 0) -> Tensor:
-        return self.marginal_params(context)[0]
-
-    def variance(self, context: Tensor, n_samples: int = 0) -> Tensor:
-        return self.marginal_params(context)[1].exp()
-
-    def cdf_function(self, context: Tensor) -> Callable[[Tensor], Tensor]:
-        mu, log_var = self.marginal_params(context)
-        return lambda y: _normal_cdf(y, mu, log_var)
-
-    def quantile(self, context: Tensor, q: float | Tensor, n_samples: int = 0) -> Tensor:
-        return _normal_quantile(*self.marginal_params(context), q)
-
-    def marginal_sample(self, context: Tensor, n: int = 1) -> Tensor:
-        mu, log_var = self.marginal_params(context)
-        return mu + (0.5 * log_var).exp() * torch.randn(n, *mu.shape, dtype=mu.dtype, device=mu.device)
 
     def auxiliary_nll(self, y: Tensor, mask: Tensor, context: Tensor) -> Tensor:
         lead = y.shape[:-1]
