@@ -34,6 +34,7 @@ from .forecast import (
     long_table,
     quantile_frame,
 )
+from .models.ensemble import DeepEnsemble
 from .models.registry import build_model
 from .training import evaluate_forecast_nll, evaluate_sequence_nll, fit_model
 from .validation import validation_report
@@ -106,6 +107,11 @@ class Forecaster(BaseEstimator):
             from each variable's last value, aware of its local slope: it starts from what
             persistence knows) and ``forecast_cut=0.5`` (training also scores multi-step
             forecasts); any of them can be overridden here.
+        n_members: size of a deep ensemble (Lakshminarayanan, Pritzel & Blundell 2017, "Simple
+            and Scalable Predictive Uncertainty Estimation using Deep Ensembles"): that many
+            models of this configuration, each from its own random initialisation, trained side
+            by side; forecasts are the equal-weight mixture of theirs. 1: a single model. Fit
+            and forecast time grow in proportion.
         max_steps: optimizer steps of the fit, whatever the size of the data (cosine learning
             rate schedule over them); ``max_epochs`` (passes over the training series, None: no
             cap) stops earlier if it comes first and then validates once per pass.
@@ -142,6 +148,7 @@ class Forecaster(BaseEstimator):
         latent_dim: int = 16,
         posterior: str = "gaussian",
         model_options: dict | None = None,
+        n_members: int = 1,
         max_steps: int | None = 1000,
         max_epochs: int | None = None,
         eval_every: int = 50,
@@ -170,6 +177,7 @@ class Forecaster(BaseEstimator):
         self.latent_dim = latent_dim
         self.posterior = posterior
         self.model_options = model_options
+        self.n_members = n_members
         self.max_steps = max_steps
         self.max_epochs = max_epochs
         self.eval_every = eval_every
@@ -232,6 +240,7 @@ class Forecaster(BaseEstimator):
             if getattr(self, name) is not None:
                 _check_positive_int(getattr(self, name), name)
         _check_positive_int(self.eval_every, "eval_every")
+        _check_positive_int(self.n_members, "n_members")
         if self.validation not in VALIDATION_SCHEMES:
             raise ValueError(f"validation must be one of {VALIDATION_SCHEMES}, got {self.validation!r}")
         _check_positive_int(self.batch_size, "batch_size")
@@ -274,7 +283,7 @@ class Forecaster(BaseEstimator):
         batch = series.model_batch(scaling)
         seed = self.random_state
         with _seeded(seed, device):
-            model = build_model(self.model, len(values), **kwargs).to(device)
+            model = self._build(len(values), kwargs).to(device)
             train, val, held_out = self._validation_split(batch, seed)
             validate = None
             if held_out is not None:
@@ -319,7 +328,7 @@ class Forecaster(BaseEstimator):
                 steps = history["n_steps"] if history["best_epoch"] is None else self._best_steps(history)
                 if self.time_limit is not None:
                     options["time_limit"] = max(1.0, self.time_limit - (time.perf_counter() - start))
-                model = build_model(self.model, len(values), **kwargs).to(device)
+                model = self._build(len(values), kwargs).to(device)
                 selection = history
                 history = fit_model(model, batch, None, max_steps=max(1, steps), **options)
                 history["selection"] = selection
@@ -335,6 +344,13 @@ class Forecaster(BaseEstimator):
         self.validation_report_ = report
         self.n_series_ = len(batch)
         return self
+
+    def _build(self, n_variables: int, kwargs: dict[str, Any]) -> torch.nn.Module:
+        """The sequence model, or a deep ensemble of ``n_members`` of them."""
+        members = _check_positive_int(self.n_members, "n_members")
+        if members == 1:
+            return build_model(self.model, n_variables, **kwargs)
+        return DeepEnsemble([build_model(self.model, n_variables, **kwargs) for _ in range(members)])
 
     def _best_steps(self, history: dict[str, Any]) -> int:
         """Optimizer steps up to the best validation of ``history``."""
@@ -745,7 +761,7 @@ class Forecaster(BaseEstimator):
             if len(values) != len(scaling.mean):
                 raise ValueError("value_cols and scaling disagree in length")
             kwargs = dict(fitted["model_kwargs"])
-            model = build_model(est.model, len(values), **kwargs)
+            model = est._build(len(values), kwargs)
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{source / CONFIG_FILE} is incomplete or invalid: {err!r}") from err
         resolved = resolve_device(est.device)

@@ -13,6 +13,7 @@ timestamps of the batch (about 200), and no value is read back from the device i
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -101,6 +102,10 @@ class PredictiveDistribution:
     def cdf(self, y: Tensor) -> Tensor:
         """Marginal CDFs at ``y (B, Q, D)``."""
         return self.emission.cdf(y, self.h)
+
+    def cdf_function(self) -> Callable[[Tensor], Tensor]:
+        """The marginal CDFs as a function of ``y (B, Q, D)``, the emission network evaluated once."""
+        return self.emission.cdf_function(self.h)
 
     def quantile(self, q: float | Tensor, n_samples: int = 1000) -> Tensor:
         """Marginal quantiles ``(B, Q, D)`` at level ``q`` (exact for every built-in emission)."""

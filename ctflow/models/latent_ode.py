@@ -19,6 +19,7 @@ integrated over its own intervals (:func:`ctflow.ode.integrate_intervals`).
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -56,8 +57,11 @@ class MixturePredictive:
     def log_prob(self, y: Tensor, mask: Tensor | None = None) -> Tensor:
         """Log-density ``(B, Q)`` of ``y (B, Q, D)`` (observed entries of ``mask``)."""
         mask = torch.ones_like(y) if mask is None else mask
-        s = self.h.shape[0]
-        lp = self.emission.log_prob(y.expand(s, *y.shape), mask.expand(s, *mask.shape), self.h)
+        s, d = self.h.shape[0], y.shape[-1]
+        # Flattened to rows: some emissions (the joint flow) take 2-D contexts only.
+        lp = self.emission.log_prob(
+            y.expand(s, *y.shape).reshape(-1, d), mask.expand(s, *mask.shape).reshape(-1, d), self._rows()
+        ).view(self.h.shape[:-1])
         return torch.logsumexp(lp, 0) - math.log(s)
 
     def _rows(self) -> Tensor:
@@ -81,18 +85,22 @@ class MixturePredictive:
         """The mixture's marginal CDFs at ``y (B, Q, D)``."""
         return self.emission.cdf(y.expand(self.h.shape[0], *y.shape), self.h).mean(0)
 
+    def cdf_function(self) -> Callable[[Tensor], Tensor]:
+        """The mixture's marginal CDFs as a function of ``y (B, Q, D)``, each particle's emission
+        network evaluated once."""
+        cdf = self.emission.cdf_function(self.h)
+        return lambda y: cdf(y.expand(*self.h.shape[:-1], y.shape[-1])).mean(0)
+
     def quantile(self, q: float | Tensor, n_samples: int = 1000) -> Tensor:
         """Marginal quantiles ``(B, Q, D)`` of the mixture over particles: bisection on its CDF
         (exact given the particles) inside ``[min, max]`` of the particles' own quantiles."""
         own = self.emission.quantile(self.h, q, n_samples)
         try:
-            cdf = self.emission.cdf_function(self.h)
+            cdf = self.cdf_function()
         except NotImplementedError:  # an emission with a sampler only
             return torch.quantile(self.sample(n_samples), float(q), dim=0)
         level = torch.as_tensor(q, dtype=own.dtype, device=own.device).expand(own.shape[1:])
-        return solve_increasing(
-            lambda v: cdf(v.expand_as(own)).mean(0), None, level, own.min(0).values, own.max(0).values
-        )
+        return solve_increasing(cdf, None, level, own.min(0).values, own.max(0).values)
 
     def sample(self, n: int) -> Tensor:
         """Draws ``(n, B, Q, D)`` from each query's mixture, stratified over the particles: every
