@@ -147,6 +147,12 @@ def add_fit_parser(commands: argparse._SubParsersAction) -> None:
         "--max-steps", type=int, default=DEFAULTS["max_steps"], help="optimizer steps (default: %(default)s)"
     )
     p.add_argument("--max-epochs", type=int, help="passes over the training series (default: no cap)")
+    p.add_argument(
+        "--members",
+        type=int,
+        default=DEFAULTS["n_members"],
+        help="models in a deep ensemble, forecasting their mixture (default: %(default)s)",
+    )
     p.add_argument("--batch-size", type=int, default=32, help="series per step (default: %(default)s)")
     p.add_argument("--lr", type=float, default=3e-3, help="learning rate (default: %(default)s)")
     p.add_argument(
@@ -199,6 +205,7 @@ def run_fit(args: argparse.Namespace) -> int:
         prep_hidden=max(1, args.hidden_size // 2),
         max_steps=args.max_steps,
         max_epochs=args.max_epochs,
+        n_members=args.members,
         batch_size=args.batch_size,
         lr=args.lr,
         val_fraction=args.val_fraction,

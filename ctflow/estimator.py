@@ -65,12 +65,18 @@ GRU_ODE_BAYES_DEFAULTS: dict[str, Any] = {"carry_forward": True, "trend": True, 
 VALIDATION_SCHEMES = ("last", "series")
 # Long gaps (a dose record years after the last) take longer steps rather than thousands of them.
 MAX_STEPS_PER_INTERVAL = 2
+MIN_WEIGHT_DECAY = 1e-4  # of weight_decay="auto": what large data sets get
 
 
 def _check_positive_int(value: Any, name: str) -> int:
     if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
         raise ValueError(f"{name} must be a positive int, got {value!r}")
     return int(value)
+
+
+def _members(model: torch.nn.Module) -> list[torch.nn.Module]:
+    """The models of a deep ensemble, or ``[model]``."""
+    return list(model.members) if isinstance(model, DeepEnsemble) else [model]
 
 
 class Forecaster(BaseEstimator):
@@ -116,7 +122,11 @@ class Forecaster(BaseEstimator):
             rate schedule over them); ``max_epochs`` (passes over the training series, None: no
             cap) stops earlier if it comes first and then validates once per pass.
         eval_every: steps between validations (when ``max_epochs`` is None).
-        batch_size (series per step), lr, weight_decay, grad_clip: optimisation.
+        batch_size (series per step), lr, grad_clip: optimisation.
+        weight_decay: L2 penalty of Adam, or ``"auto"``: one over the number of observed training
+            values, at least 1e-4. The loss is a mean NLL per value, so this is a fixed Gaussian
+            prior on the weights: it holds a model fitted to a hundred values close to its
+            start (persistence, with the carried last values) and fades as the data grow.
         validation: ``"last"`` picks a fraction ``val_fraction`` of the training series, holds out
             the last fifth of the observations of those with at least 3 and scores the model's
             forecasts of them (meaningful with a handful of series; the model trains on all other
@@ -125,6 +135,8 @@ class Forecaster(BaseEstimator):
         refit: after ``validation="last"`` has chosen the number of steps, train anew on every
             observation for that many steps (the held-out rows are each series' newest). The
             ``validation_report_`` describes the model chosen on the held-out rows.
+            ``"ensemble"``: keep that chosen model too and forecast the equal-weight mixture of
+            both (a two-member deep ensemble for the training cost of one refit).
         val_fraction: the held-out fraction (0: no validation, train on everything).
         patience: validations without improvement of the held-out NLL before stopping (the best
             weights are kept).
@@ -154,10 +166,10 @@ class Forecaster(BaseEstimator):
         eval_every: int = 50,
         batch_size: int = 32,
         lr: float = 3e-3,
-        weight_decay: float = 1e-4,
+        weight_decay: float | str = "auto",
         grad_clip: float | None = 5.0,
         validation: str = "last",
-        refit: bool = True,
+        refit: bool | str = True,
         val_fraction: float = 0.3,
         patience: int | None = 6,
         time_limit: float | None = None,
@@ -241,6 +253,13 @@ class Forecaster(BaseEstimator):
                 _check_positive_int(getattr(self, name), name)
         _check_positive_int(self.eval_every, "eval_every")
         _check_positive_int(self.n_members, "n_members")
+        if not (isinstance(self.refit, bool) or self.refit == "ensemble"):
+            raise ValueError(f"refit must be True, False or 'ensemble', got {self.refit!r}")
+        wd = self.weight_decay
+        if wd != "auto" and (
+            isinstance(wd, bool) or not isinstance(wd, numbers.Real) or not (math.isfinite(wd) and wd >= 0)
+        ):
+            raise ValueError(f"weight_decay must be 'auto' or a finite number >= 0, got {wd!r}")
         if self.validation not in VALIDATION_SCHEMES:
             raise ValueError(f"validation must be one of {VALIDATION_SCHEMES}, got {self.validation!r}")
         _check_positive_int(self.batch_size, "batch_size")
@@ -297,7 +316,7 @@ class Forecaster(BaseEstimator):
                 "eval_every": int(self.eval_every) if self.max_epochs is None else None,
                 "batch_size": int(self.batch_size),
                 "lr": self.lr,
-                "weight_decay": self.weight_decay,
+                "weight_decay": self._weight_decay(train),
                 "grad_clip": self.grad_clip,
                 "time_limit": self.time_limit,
                 "seed": seed,
@@ -328,13 +347,18 @@ class Forecaster(BaseEstimator):
                 steps = history["n_steps"] if history["best_epoch"] is None else self._best_steps(history)
                 if self.time_limit is not None:
                     options["time_limit"] = max(1.0, self.time_limit - (time.perf_counter() - start))
+                chosen = model
                 model = self._build(len(values), kwargs).to(device)
+                options["weight_decay"] = self._weight_decay(batch)
                 selection = history
                 history = fit_model(model, batch, None, max_steps=max(1, steps), **options)
                 history["selection"] = selection
+                if self.refit == "ensemble":
+                    model = DeepEnsemble([*_members(chosen), *_members(model)])
         model.eval()
         self.model_ = model
         self.model_kwargs_ = kwargs
+        self.n_models_ = len(_members(model))
         self.codec_ = codec
         self.scaling_ = scaling
         self.id_col_, self.time_col_, self.value_cols_ = id_col, time_col, values
@@ -345,9 +369,14 @@ class Forecaster(BaseEstimator):
         self.n_series_ = len(batch)
         return self
 
-    def _build(self, n_variables: int, kwargs: dict[str, Any]) -> torch.nn.Module:
-        """The sequence model, or a deep ensemble of ``n_members`` of them."""
-        members = _check_positive_int(self.n_members, "n_members")
+    def _weight_decay(self, train: IrregularBatch) -> float:
+        if self.weight_decay == "auto":
+            return max(MIN_WEIGHT_DECAY, 1.0 / max(1.0, float(train.mask.sum())))
+        return self.weight_decay
+
+    def _build(self, n_variables: int, kwargs: dict[str, Any], count: int | None = None) -> torch.nn.Module:
+        """The sequence model, or a deep ensemble of ``count`` (default ``n_members``) of them."""
+        members = _check_positive_int(self.n_members if count is None else count, "n_members")
         if members == 1:
             return build_model(self.model, n_variables, **kwargs)
         return DeepEnsemble([build_model(self.model, n_variables, **kwargs) for _ in range(members)])
@@ -673,6 +702,7 @@ class Forecaster(BaseEstimator):
             "params": params,
             "fitted": {
                 "model_kwargs": self.model_kwargs_,
+                "n_models": self.n_models_,
                 "id_col": self.id_col_,
                 "time_col": self.time_col_,
                 "value_cols": list(self.value_cols_),
@@ -761,7 +791,7 @@ class Forecaster(BaseEstimator):
             if len(values) != len(scaling.mean):
                 raise ValueError("value_cols and scaling disagree in length")
             kwargs = dict(fitted["model_kwargs"])
-            model = est._build(len(values), kwargs)
+            model = est._build(len(values), kwargs, int(fitted.get("n_models", est.n_members)))
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{source / CONFIG_FILE} is incomplete or invalid: {err!r}") from err
         resolved = resolve_device(est.device)
@@ -781,6 +811,7 @@ class Forecaster(BaseEstimator):
         model.load_state_dict(state)
         model.to(resolved).eval()
         est.model_, est.model_kwargs_ = model, kwargs
+        est.n_models_ = len(_members(model))
         est.codec_, est.scaling_ = codec, scaling
         est.id_col_, est.time_col_, est.value_cols_ = fitted["id_col"], fitted["time_col"], values
         est.n_variables_, est.device_ = len(values), resolved

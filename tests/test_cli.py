@@ -63,6 +63,13 @@ def test_fit_passes_model_options(files, tmp_path):
     assert loaded.model_.carry_forward and loaded.model_.forecast_cut == 0.5
 
 
+def test_fit_trains_a_deep_ensemble(files, tmp_path):
+    root = files[0]
+    assert main(["fit", str(root / "train.csv"), "--out", str(tmp_path / "m"), *FIT, "--members", "2"]) == 0
+    loaded = Forecaster.load(tmp_path / "m")
+    assert loaded.n_members == 2 and len(loaded.model_) == 2
+
+
 def test_forecast_at_query_times_with_a_plot(files, tmp_path):
     root, df, _ = files
     last = df.groupby("unique_id")["ds"].max()

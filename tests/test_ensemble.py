@@ -179,3 +179,24 @@ def test_latent_model_with_a_joint_flow_validates_on_held_out_rows():
     ).fit(df)
     assert est.validation_report_ is not None
     assert math.isfinite(est.validation_report_["model_nll"])
+
+
+def test_refit_ensemble_keeps_the_chosen_model_beside_the_refitted_one(tmp_path):
+    df = _panel(seed=2)
+    common = dict(max_steps=12, eval_every=4, hidden_size=8, p_hidden=8, random_state=0)
+    plain = Forecaster(**common).fit(df)
+    both = Forecaster(refit="ensemble", **common).fit(df)
+    assert isinstance(both.model_, DeepEnsemble) and both.n_models_ == 2
+    # Same seed, same training: the refitted member is the plain refit's model.
+    refitted = both.model_.members[1]
+    for p, q in zip(refitted.parameters(), plain.model_.parameters(), strict=True):
+        torch.testing.assert_close(p, q)
+    assert both.validation_report_ == pytest.approx(plain.validation_report_)
+    both.save(tmp_path / "m")
+    back = Forecaster.load(tmp_path / "m")
+    assert back.n_models_ == 2
+    np.testing.assert_allclose(back.predict(df, horizon=[1.0])["y"], both.predict(df, horizon=[1.0])["y"])
+    stacked = Forecaster(refit="ensemble", n_members=2, **common).fit(df)
+    assert stacked.n_models_ == 4
+    with pytest.raises(ValueError, match="refit must be True, False or 'ensemble', got 'both'"):
+        Forecaster(refit="both").fit(df)

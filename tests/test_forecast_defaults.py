@@ -185,6 +185,31 @@ def test_validation_schemes_and_bad_values():
         Forecaster(max_steps=None, max_epochs=None).fit(df)
     with pytest.raises(ValueError, match="eval_every"):
         Forecaster(eval_every=0).fit(df)
+    with pytest.raises(ValueError, match=r"weight_decay must be 'auto' or a finite number >= 0, got -0\.1"):
+        Forecaster(weight_decay=-0.1).fit(df)
+    with pytest.raises(ValueError, match="weight_decay must be 'auto' or a finite number >= 0, got 'l2'"):
+        Forecaster(weight_decay="l2").fit(df)
+
+
+def test_automatic_weight_decay_is_a_prior_that_fades_with_the_data():
+    small, large = ragged_batch([10] * 12), ragged_batch([50] * 400, n_variables=2)
+    est = Forecaster()
+    assert est.weight_decay == "auto"
+    assert est._weight_decay(small) == pytest.approx(1 / 120)
+    assert est._weight_decay(large) == pytest.approx(1e-4)  # 40,000 values: the floor
+    assert Forecaster(weight_decay=0.0)._weight_decay(small) == 0.0
+    # A fit on few values ends nearer its start (zero-initialised emission maps) than without it.
+    df = growth_curves(8, seed=5)
+    common = {"hidden_size": 8, "p_hidden": 8, "max_steps": 60, "val_fraction": 0.0, "random_state": 0}
+    norms = [
+        torch.cat(
+            [p.flatten() for p in Forecaster(weight_decay=wd, **common).fit(df).model_.emission.parameters()]
+        )
+        .norm()
+        .item()
+        for wd in ("auto", 0.0)
+    ]
+    assert norms[0] < norms[1]
 
 
 def test_default_forecaster_beats_persistence_on_growth_curves():
