@@ -346,6 +346,14 @@ def report(result: dict[str, Any]) -> str:
             f"Forecaster parameters (seed {r['seed']}): `{json.dumps(r['params'], default=str)}`; "
             f"device {r['device']}; validation stays passed to fit: "
             f"{'yes' if r['fitted_with_val_df'] else 'no'}.",
+            *(
+                [
+                    "The model is a deep ensemble: its joint NLL is its members' mean (Forecaster.score "
+                    "of an ensemble), an upper bound of the mixture's."
+                ]
+                if r["params"].get("n_members", 1) > 1 or r["params"].get("refit") == "ensemble"
+                else []
+            ),
             "Epochs and stop reasons: "
             + ", ".join(f"seed {q['seed']}: {q['epochs']} ({q['stop_reason']})" for q in runs)
             + ".",
