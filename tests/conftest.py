@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+import pandas as pd
 import pytest
 import torch
 from torch import Tensor, nn
@@ -27,6 +29,22 @@ def brute_force_logabsdet(fn, x: Tensor) -> Tensor:
     jac = jac.reshape(batch, d, batch, d)
     blocks = torch.stack([jac[b, :, b, :] for b in range(batch)])
     return torch.linalg.slogdet(blocks).logabsdet
+
+
+def linear_growth_panel(
+    n_series: int = 24, n_obs: int = 10, seed: int = 0, falling: bool = True
+) -> pd.DataFrame:
+    """Series at random times in [0, 10] with their own level and slope plus noise: column ``a``
+    rising and, with ``falling``, ``b`` falling from the same level."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for i in range(n_series):
+        t = np.sort(rng.uniform(0, 10, n_obs))
+        level, slope = rng.normal(0, 1), rng.normal(0.5, 0.2)
+        for tt in t:
+            row = (f"s{i}", tt, level + slope * tt + rng.normal(0, 0.3))
+            rows.append((*row, level - 0.2 * tt + rng.normal(0, 0.3)) if falling else row)
+    return pd.DataFrame(rows, columns=["unique_id", "ds", "a", "b"][: 4 if falling else 3])
 
 
 @pytest.fixture(autouse=True)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import linear_growth_panel
 
 from ctflow import Forecaster
 from ctflow.flows.masked import LastValueEmission, make_emission
@@ -221,24 +222,11 @@ def test_solver_stops_at_the_float_resolution():
     assert len(calls) <= 60
 
 
-def _growth_panel(n_series: int = 24, seed: int = 0) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(n_series):
-        t = np.sort(rng.uniform(0, 10, 10))
-        level, slope = rng.normal(0, 1), rng.normal(0.5, 0.2)
-        for tt in t:
-            rows.append(
-                (f"s{i}", tt, level + slope * tt + rng.normal(0, 0.3), level - 0.2 * tt + rng.normal(0, 0.3))
-            )
-    return pd.DataFrame(rows, columns=["unique_id", "ds", "a", "b"])
-
-
 # GRU-ODE-Bayes filters deterministically; a latent model's predictive is a new particle mixture
 # at every call, so its quantiles are checked against its own draws above.
 @pytest.mark.parametrize("params", [{"emission": "mixlogistic"}, {"emission": "maf"}])
 def test_forecaster_quantiles_are_exact_and_agree_with_samples(params):
-    df = _growth_panel()
+    df = linear_growth_panel()
     est = Forecaster(**params, max_steps=20, eval_every=10, hidden_size=8, p_hidden=8, random_state=0)
     est.fit(df)
     q = est.predict_quantiles(df, horizon=[1.0, 2.0], quantiles=(0.1, 0.5, 0.9))
@@ -268,7 +256,7 @@ def test_forecaster_quantiles_are_exact_and_agree_with_samples(params):
 
 @pytest.fixture(scope="module")
 def fitted_mixture():
-    df = _growth_panel(seed=3)
+    df = linear_growth_panel(seed=3)
     return df, Forecaster(
         emission="mixlogistic", max_steps=30, eval_every=30, hidden_size=8, p_hidden=8, random_state=0
     ).fit(df)

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 import torch
+from conftest import linear_growth_panel
 
 from ctflow import Forecaster
 from ctflow.data.irregular import IrregularBatch
@@ -131,14 +132,7 @@ def test_ensemble_forecasts_are_the_mixture_of_the_members():
 
 
 def _panel(n_series: int = 16, seed: int = 0) -> pd.DataFrame:
-    rng = np.random.default_rng(seed)
-    rows = []
-    for i in range(n_series):
-        t = np.sort(rng.uniform(0, 10, 8))
-        level, slope = rng.normal(0, 1), rng.normal(0.5, 0.2)
-        for tt in t:
-            rows.append((f"s{i}", tt, level + slope * tt + rng.normal(0, 0.3)))
-    return pd.DataFrame(rows, columns=["unique_id", "ds", "y"])
+    return linear_growth_panel(n_series, 8, seed, falling=False).rename(columns={"a": "y"})
 
 
 @pytest.mark.parametrize("model", ["gru_ode_bayes", "latent_ode"])
@@ -168,15 +162,8 @@ def test_latent_model_with_a_joint_flow_validates_on_held_out_rows():
     """The particle mixture scores held-out rows with an emission that takes 2-D contexts only."""
     df = _panel(seed=1)
     df["z"] = df["y"] * 0.5 + 1.0
-    est = Forecaster(
-        model="latent_ode",
-        emission="maf",
-        max_steps=6,
-        eval_every=3,
-        hidden_size=8,
-        latent_dim=4,
-        random_state=0,
-    ).fit(df)
+    tiny = {"max_steps": 6, "eval_every": 3, "hidden_size": 8, "latent_dim": 4, "random_state": 0}
+    est = Forecaster(model="latent_ode", emission="maf", **tiny).fit(df)
     assert est.validation_report_ is not None
     assert math.isfinite(est.validation_report_["model_nll"])
 
