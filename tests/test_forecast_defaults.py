@@ -191,6 +191,31 @@ def test_validation_schemes_and_bad_values():
         Forecaster(weight_decay="l2").fit(df)
 
 
+def test_fit_runs_on_n_threads_and_restores_torch_setting(monkeypatch):
+    seen = []
+    real = torch.optim.Adam.step
+
+    def step(self, *args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(self, *args, **kwargs)
+
+    monkeypatch.setattr(torch.optim.Adam, "step", step)
+    df = growth_curves(6, seed=6)
+    common = {"hidden_size": 4, "p_hidden": 4, "max_steps": 3, "val_fraction": 0.0, "random_state": 0}
+    before = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        Forecaster(**common).fit(df)
+        assert seen and set(seen) == {1} and torch.get_num_threads() == 2
+        seen.clear()
+        Forecaster(n_threads=None, **common).fit(df)
+        assert set(seen) == {2}
+    finally:
+        torch.set_num_threads(before)
+    with pytest.raises(ValueError, match="n_threads must be a positive int, got 0"):
+        Forecaster(n_threads=0).fit(df)
+
+
 def test_automatic_weight_decay_is_a_prior_that_fades_with_the_data():
     small, large = ragged_batch([10] * 12), ragged_batch([50] * 400, n_variables=2)
     est = Forecaster()
