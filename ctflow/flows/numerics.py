@@ -8,7 +8,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
-__all__ = ["solve_increasing", "bisection_steps"]
+__all__ = ["bisection_steps", "shuffled_draws", "solve_increasing"]
 
 
 def bisection_steps(width: float, tol: float) -> int:
@@ -57,3 +57,10 @@ def solve_increasing(
     if dg is None:
         return root
     return root - (g(root) - target) / dg(root)
+
+
+def shuffled_draws(x: Tensor, n: int) -> Tensor:
+    """The first ``n`` of draws ``x (k, B, Q, D)`` after shuffling them independently per ``(B, Q)``
+    (stratified draws from a mixture, each component's draws in one block, become exchangeable)."""
+    order = torch.rand(x.shape[:3], device=x.device).argsort(0)[:n]
+    return x.gather(0, order.unsqueeze(-1).expand(-1, -1, -1, x.shape[-1]))

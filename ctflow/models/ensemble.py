@@ -17,7 +17,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.irregular import IrregularBatch
-from ..flows.numerics import solve_increasing
+from ..flows.numerics import shuffled_draws, solve_increasing
 
 __all__ = ["DeepEnsemble", "EnsemblePredictive"]
 
@@ -67,14 +67,7 @@ class EnsemblePredictive:
     def sample(self, n: int) -> Tensor:
         """Draws ``(n, B, Q, D)`` stratified over the members (``ceil(n / M)`` each), shuffled
         independently per query and cut to ``n``."""
-        return _stratified([m.sample(-(-n // len(self.members))) for m in self.members], n)
-
-
-def _stratified(draws: list[Tensor], n: int) -> Tensor:
-    """Concatenate the members' draws ``(k, B, Q, D)`` and shuffle them per series and query."""
-    x = torch.cat(draws)
-    order = torch.rand(x.shape[:3], device=x.device).argsort(0)[:n]
-    return x.gather(0, order.unsqueeze(-1).expand(-1, -1, -1, x.shape[-1]))
+        return shuffled_draws(torch.cat([m.sample(-(-n // len(self.members))) for m in self.members]), n)
 
 
 class DeepEnsemble(nn.Module):

@@ -28,7 +28,7 @@ from torch import Tensor, nn
 from ..data.irregular import IrregularBatch
 from ..dynamics.odernn import ODEFunc, ODERNNEncoder
 from ..flows.masked import MaskedEmission, make_emission
-from ..flows.numerics import solve_increasing
+from ..flows.numerics import shuffled_draws, solve_increasing
 from ..ode import NFECounter, SolverOptions, fixed_step_plan, integrate_intervals
 from .posterior import Posterior
 
@@ -108,9 +108,7 @@ class MixturePredictive:
         shuffled independently per query and cut to ``n``."""
         s, b, q, _ = self.h.shape
         m = -(-n // s)
-        draws = self.emission.marginal_sample(self._rows(), m).view(m * s, b, q, -1)
-        order = torch.rand(m * s, b, q, device=self.h.device).argsort(0)[:n]
-        return draws.gather(0, order.unsqueeze(-1).expand(-1, -1, -1, draws.shape[-1]))
+        return shuffled_draws(self.emission.marginal_sample(self._rows(), m).view(m * s, b, q, -1), n)
 
 
 class LatentODE(nn.Module):
