@@ -2,21 +2,79 @@
 
 from __future__ import annotations
 
-import numbers
 from collections.abc import Sequence
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from sklearn.base import BaseEstimator
 
+from .checks import positive_int, real_number
 from .data.prepare import PreparedSeries, check_frame, prepare_series, query_grid
 from .data.timecodec import TimeCodec
 from .forecast import Forecast
 
-__all__ = ["LastValueBaseline", "SmoothedLevelBaseline"]
+__all__ = ["LastValueBaseline", "SampledForecasts", "SmoothedLevelBaseline"]
 
 
-class LastValueBaseline:
+class SampledForecasts:
+    """The prediction methods of :class:`ctflow.Forecaster`, from the draws of ``forecast``:
+    quantiles and intervals are sample quantiles of ``n_samples`` draws (default 500)."""
+
+    def forecast(self, df: pd.DataFrame, times: Any = None, horizon: Any = None, **kwargs: Any) -> Forecast:
+        raise NotImplementedError
+
+    def predict(self, df: pd.DataFrame, times: Any = None, horizon: Any = None) -> pd.DataFrame:
+        """Point forecasts (means): id, time and one column per variable, one row per query."""
+        return self.forecast(df, times, horizon).mean
+
+    def predict_quantiles(
+        self,
+        df: pd.DataFrame,
+        times: Any = None,
+        horizon: Any = None,
+        quantiles: Sequence[float] = (0.1, 0.5, 0.9),
+        n_samples: int | None = None,
+    ) -> pd.DataFrame:
+        """Marginal quantiles: id, time and ``{variable}_q{100 q}`` columns."""
+        return self.forecast(df, times, horizon, n_samples=n_samples).quantile(quantiles)
+
+    def predict_table(
+        self,
+        df: pd.DataFrame,
+        times: Any = None,
+        horizon: Any = None,
+        quantiles: Sequence[float] = (0.025, 0.1, 0.5, 0.9, 0.975),
+        n_samples: int | None = None,
+    ) -> pd.DataFrame:
+        """Long frame: id, time, variable, mean and one column ``q{100 q}`` per level."""
+        return self.forecast(df, times, horizon, n_samples=n_samples).to_frame(quantiles)
+
+    def predict_interval(
+        self,
+        df: pd.DataFrame,
+        times: Any = None,
+        horizon: Any = None,
+        coverage: Sequence[float] = (0.8, 0.95),
+        n_samples: int | None = None,
+    ) -> pd.DataFrame:
+        """Central intervals: ``{variable}_lower_{pct}`` and ``{variable}_upper_{pct}`` columns."""
+        return self.forecast(df, times, horizon, n_samples=n_samples).interval(coverage)
+
+    def sample(
+        self,
+        df: pd.DataFrame,
+        times: Any = None,
+        horizon: Any = None,
+        n_samples: int | None = None,
+        paths: bool = False,
+        seed: int | None = None,
+    ) -> np.ndarray:
+        """Draws ``(n_samples, n_queries, n_variables)`` in original units."""
+        return self.forecast(df, times, horizon, n_samples=n_samples, paths=paths, seed=seed).samples
+
+
+class LastValueBaseline(SampledForecasts, BaseEstimator):
     """Persistence forecast with an empirical error distribution that widens with the horizon.
 
     The forecast of variable ``d`` at time ``t`` is its last observed value ``y_d(s)`` in the
@@ -25,7 +83,15 @@ class LastValueBaseline:
     the same horizon bin as ``t - s`` (``n_bins`` bins at quantiles of the training gaps). A
     variable never observed in a series' context is forecast by its training distribution.
 
-    ``fit``/``forecast`` take the same long frames as :class:`ctflow.Forecaster`.
+    A scikit-learn estimator with the prediction API of :class:`ctflow.Forecaster` (``fit``,
+    ``forecast``, ``predict``, ``predict_quantiles``, ``predict_table``, ``predict_interval``,
+    ``sample``, ``score``) on the same long frames, so one table can compare them.
+
+    >>> from ctflow.data import load_double_ou
+    >>> df = load_double_ou(20, seed=0)
+    >>> baseline = LastValueBaseline().fit(df)
+    >>> list(baseline.predict(df, horizon=[0.5]).columns)
+    ['unique_id', 'ds', 'y1', 'y2']
     """
 
     def __init__(self, n_bins: int = 10, max_pairs: int = 200_000, random_state: int | None = 0):
@@ -93,13 +159,16 @@ class LastValueBaseline:
         when = np.where(idx >= 0, raw.times.numpy()[rows, safe], np.nan)
         return last, when
 
-    def score(self, df: pd.DataFrame) -> float:
+    def _check_fitted(self) -> None:
+        if not hasattr(self, "codec_"):
+            raise ValueError(f"this {type(self).__name__} is not fitted yet: call fit first")
+
+    def score(self, df: pd.DataFrame, y: Any = None) -> float:
         """Mean log-likelihood per observed value of one-step-ahead predictions (higher is better),
         as :meth:`ctflow.Forecaster.score`: each value is scored by a Gaussian at the previous
         value of its variable with the standard deviation of the training residuals of the same
         horizon bin, or by the variable's training Gaussian for its first observation."""
-        if not hasattr(self, "codec_"):
-            raise ValueError("this LastValueBaseline is not fitted yet: call fit first")
+        self._check_fitted()
         check_frame(df, self.id_col_, self.time_col_, self.value_cols_)
         series = prepare_series(df, self.id_col_, self.time_col_, self.value_cols_, self.codec_)
         times, vals, mask = series.raw.times.numpy(), series.raw.values.numpy(), series.raw.mask.numpy() > 0
@@ -124,16 +193,22 @@ class LastValueBaseline:
         df: pd.DataFrame,
         times: pd.DataFrame | None = None,
         horizon: Sequence[Any] | None = None,
-        n_samples: int = 500,
+        n_samples: int | None = None,
+        paths: bool = False,
+        seed: int | None = None,
     ) -> Forecast:
-        """Samples at the queries (marginal per query; same arguments as ``Forecaster.forecast``)."""
-        if not hasattr(self, "codec_"):
-            raise ValueError("this LastValueBaseline is not fitted yet: call fit first")
+        """Samples at the queries (same arguments as ``Forecaster.forecast``): independent draws
+        per query (``paths=True`` is refused: the baseline has no joint paths). ``n_samples``
+        defaults to 500; ``seed`` to ``random_state``."""
+        self._check_fitted()
+        if paths:
+            raise ValueError(f"{type(self).__name__} draws each query independently: use paths=False")
+        n_samples = positive_int(500 if n_samples is None else n_samples, "n_samples")
         check_frame(df, self.id_col_, self.time_col_, self.value_cols_)
         context = prepare_series(df, self.id_col_, self.time_col_, self.value_cols_, self.codec_)
         grid = query_grid(context, self.codec_, self.id_col_, self.time_col_, times=times, horizon=horizon)
         last, when = self._last_values(context)
-        rng = np.random.default_rng(self.random_state)
+        rng = np.random.default_rng(self.random_state if seed is None else seed)
         q_times = grid.times[grid.series, grid.slot]
         samples = np.empty((n_samples, grid.n_queries, len(self.value_cols_)))
         for d in range(len(self.value_cols_)):
@@ -184,14 +259,11 @@ class SmoothedLevelBaseline(LastValueBaseline):
         max_pairs: int = 200_000,
         random_state: int | None = 0,
     ):
-        super().__init__(n_bins, max_pairs, random_state)
+        super().__init__(n_bins=n_bins, max_pairs=max_pairs, random_state=random_state)
         self.time_scale, self.shrinkage = time_scale, shrinkage
 
     def fit(self, df: pd.DataFrame, *args: Any, **kwargs: Any) -> SmoothedLevelBaseline:
-        if isinstance(self.shrinkage, bool) or not isinstance(self.shrinkage, numbers.Real):
-            raise TypeError(f"shrinkage must be a number, got {type(self.shrinkage).__name__}")
-        if not (np.isfinite(self.shrinkage) and self.shrinkage >= 0):
-            raise ValueError(f"shrinkage must be a finite number >= 0, got {self.shrinkage!r}")
+        real_number(self.shrinkage, "shrinkage", positive=False)
         return super().fit(df, *args, **kwargs)
 
     def _fit_level(self) -> None:

@@ -1,7 +1,9 @@
 """Atomic checkpoints and random-number-generator state, independent of any model type.
 
-:func:`save_checkpoint` writes to a temporary file in the target folder and renames it over the
-target (``os.replace``), so a crash mid-write never leaves a truncated checkpoint behind.
+:func:`atomic_write` (and :func:`atomic_directory` for a folder of files) is the one way files
+are written: to a temporary file in the target folder, flushed to disk, then renamed over the
+target (``os.replace``), so a crash mid-write never leaves a truncated file behind.
+:func:`save_checkpoint` writes a state dict that way.
 :func:`load_checkpoint` reads with ``torch.load(..., weights_only=True)``: only tensors and plain
 containers of numbers and strings come back, nothing is unpickled. The RNG helpers turn the
 states of Python's ``random``, NumPy's global generator and torch (CPU and CUDA) into such plain
@@ -12,6 +14,7 @@ from __future__ import annotations
 
 import os
 import random
+import shutil
 import tempfile
 from collections.abc import Callable
 from pathlib import Path
@@ -20,43 +23,94 @@ from typing import Any
 import numpy as np
 import torch
 
-__all__ = ["atomic_write", "capture_rng_state", "load_checkpoint", "restore_rng_state", "save_checkpoint"]
+__all__ = [
+    "atomic_directory",
+    "atomic_write",
+    "capture_rng_state",
+    "load_checkpoint",
+    "restore_rng_state",
+    "save_checkpoint",
+]
+
+
+def _fsync(path: Path) -> None:
+    """Flush ``path`` (a file or a folder) to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+
+
+def _readable_by_others(path: Path, folder: bool = False) -> None:
+    """Give a temporary file or folder (created 0600/0700) the permissions of the umask."""
+    umask = os.umask(0)
+    os.umask(umask)
+    path.chmod((0o777 if folder else 0o666) & ~umask)
 
 
 def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
-    """Call ``write`` on a temporary file next to ``path``, then rename it over ``path``: readers
-    see the old file or the whole new one, and a failed write leaves nothing behind."""
+    """Write ``path`` atomically and durably: ``write`` fills a temporary file in the same folder,
+    which is flushed to disk and renamed over ``path``; the folder's entry is then flushed too.
+    Readers see the old file or the whole new one, a failed write leaves nothing behind, and the
+    file gets the permissions of the umask like any other new file. Every file ctflow writes
+    goes through here (or :func:`atomic_directory`).
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> with tempfile.TemporaryDirectory() as folder:
+    ...     path = atomic_write(Path(folder) / "note.txt", lambda tmp: tmp.write_text("done"))
+    ...     print(path.name, path.read_text())
+    note.txt done
+    """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix or ".tmp", dir=path.parent)
+    fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
     try:
         write(tmp)
+        _fsync(tmp)
+        _readable_by_others(tmp)
         os.replace(tmp, path)
+        _fsync(path.parent)
     finally:
         tmp.unlink(missing_ok=True)
     return path
 
 
+def atomic_directory(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+    """Write the folder ``path`` atomically: ``write`` fills a temporary folder beside it whose
+    files are flushed, then it replaces ``path`` (an existing folder is swapped out and removed)."""
+    target = Path(path)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
+    try:
+        write(tmp)
+        for file in tmp.iterdir():
+            _fsync(file)
+            _readable_by_others(file)
+        _readable_by_others(tmp, folder=True)
+        if target.exists():
+            backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
+            backup.rmdir()
+            target.rename(backup)
+            tmp.rename(target)
+            shutil.rmtree(backup, ignore_errors=True)
+        else:
+            tmp.rename(target)
+        _fsync(target.parent)
+    finally:
+        if tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+    return target
+
+
 def save_checkpoint(path: str | os.PathLike, state: dict[str, Any]) -> Path:
-    """Write ``state`` to ``path`` atomically (temporary file in the same folder, then rename)."""
+    """Write ``state`` to ``path`` with :func:`atomic_write`."""
     if not isinstance(state, dict):
         raise TypeError(f"state must be a dict, got {type(state).__name__}")
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            torch.save(state, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-    return path
+    return atomic_write(path, lambda tmp: torch.save(state, tmp))
 
 
 def load_checkpoint(

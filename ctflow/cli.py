@@ -5,7 +5,7 @@
     ctflow fit DATA.csv --out MODEL_DIR [--id-col unique_id --time-col ds --value-cols ...]
     ctflow forecast MODEL_DIR CONTEXT.csv --horizon 1 2 5 -o OUT.csv [--times QUERIES.csv]
     ctflow evaluate MODEL_DIR TEST.csv [--horizon K]
-    ctflow image train ...            (multi-scale image flows, when available)
+    ctflow image train ...            (multi-scale image flows, see ctflow.image.cli)
 
 CSV files are long: one row per series and time, one column per variable, empty where a
 variable was not measured. A time column that is not numeric is read as datetimes (ISO 8601 or
@@ -118,6 +118,7 @@ def parse_offset(text: str) -> float | pd.Timedelta:
 # --------------------------------------------------------------------------- fit
 def add_fit_parser(commands: argparse._SubParsersAction) -> None:
     from .estimator import Forecaster
+    from .models.settings import SETTINGS, GRUODEBayesSettings
 
     DEFAULTS = Forecaster().get_params()
     p = commands.add_parser(
@@ -133,15 +134,22 @@ def add_fit_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--value-cols", nargs="+", metavar="COL", help="variables (default: all other columns)")
     p.add_argument("--datetime", action="store_true", help="parse the time column as datetimes")
     p.add_argument("--time-unit", help="unit of datetime times: W, D, h, min, s, ms, us (default: inferred)")
-    p.add_argument("--model", default="gru_ode_bayes", help="sequence model (default: %(default)s)")
     p.add_argument(
-        "--emission", default="gaussian", help="gaussian, mixlogistic or maf (default: %(default)s)"
+        "--model",
+        default=DEFAULTS["model"],
+        choices=list(SETTINGS),
+        help="sequence model (default: %(default)s)",
     )
-    p.add_argument("--hidden-size", type=int, default=32, help="hidden state width (default: %(default)s)")
     p.add_argument(
-        "--model-options",
-        metavar="JSON",
-        help="further model arguments as a JSON object, e.g. '{\"carry_forward\": true}'",
+        "--set",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="a setting of the model (value as JSON, else text), e.g. --set hidden_size=64 "
+        "--set emission=mixlogistic; the settings and defaults are those of "
+        "ctflow.models.settings (GRU-ODE-Bayes: "
+        + ", ".join(f"{k}={v}" for k, v in GRUODEBayesSettings.defaults().items())
+        + ")",
     )
     p.add_argument(
         "--max-steps", type=int, default=DEFAULTS["max_steps"], help="optimizer steps (default: %(default)s)"
@@ -153,8 +161,13 @@ def add_fit_parser(commands: argparse._SubParsersAction) -> None:
         default=DEFAULTS["n_members"],
         help="models in a deep ensemble, forecasting their mixture (default: %(default)s)",
     )
-    p.add_argument("--batch-size", type=int, default=32, help="series per step (default: %(default)s)")
-    p.add_argument("--lr", type=float, default=3e-3, help="learning rate (default: %(default)s)")
+    p.add_argument(
+        "--batch-size",
+        type=int,
+        default=DEFAULTS["batch_size"],
+        help="series per step (default: %(default)s)",
+    )
+    p.add_argument("--lr", type=float, default=DEFAULTS["lr"], help="learning rate (default: %(default)s)")
     p.add_argument(
         "--val-fraction",
         type=float,
@@ -176,33 +189,39 @@ def add_fit_parser(commands: argparse._SubParsersAction) -> None:
     p.set_defaults(func=run_fit)
 
 
-def _model_options(text: str | None) -> dict | None:
-    if text is None:
-        return None
+def _model_from_settings(name: str, assignments: Sequence[str]) -> dict[str, Any]:
+    """``{"name": name, **settings}`` from ``NAME=VALUE`` texts (values read as JSON when they
+    parse, else as text); unknown names are an :class:`InputError` listing the valid ones."""
+    from .models.settings import SETTINGS, model_settings
+
+    settings: dict[str, Any] = {"name": name}
+    valid = SETTINGS[name].defaults()
+    for text in assignments:
+        key, sep, value = text.partition("=")
+        if not sep or key not in valid:
+            raise InputError(f"--set {text!r}: expected NAME=VALUE with NAME one of {sorted(valid)}")
+        try:
+            settings[key] = json.loads(value)
+        except json.JSONDecodeError:
+            settings[key] = value
     try:
-        options = json.loads(text)
-    except json.JSONDecodeError as err:
-        raise ValueError(f"--model-options must be a JSON object, got {text!r} ({err.msg})") from None
-    if not isinstance(options, dict):
-        raise ValueError(f"--model-options must be a JSON object, got {type(options).__name__}")
-    return options
+        model_settings(settings).model_kwargs()
+    except (TypeError, ValueError) as err:
+        raise InputError(f"--set: {err}") from err
+    return settings
 
 
 def run_fit(args: argparse.Namespace) -> int:
     from .estimator import Forecaster
 
+    model = _model_from_settings(args.model, args.set)
     kind = "datetime" if args.datetime else None
     df = read_series(args.data, args.id_col, args.time_col, kind=kind)
     if args.value_cols:
         for col in args.value_cols:
             _check_column(df, col, args.data, "value")
     est = Forecaster(
-        model=args.model,
-        emission=args.emission,
-        model_options=_model_options(args.model_options),
-        hidden_size=args.hidden_size,
-        p_hidden=args.hidden_size,
-        prep_hidden=max(1, args.hidden_size // 2),
+        model=model,
         max_steps=args.max_steps,
         max_epochs=args.max_epochs,
         n_members=args.members,
@@ -416,20 +435,9 @@ def run_evaluate(args: argparse.Namespace) -> int:
 
 # --------------------------------------------------------------------------- image flows
 def _add_image_parser(commands: argparse._SubParsersAction) -> None:
-    """Wire in ``ctflow image`` from :mod:`ctflow.image.cli`; if it cannot be imported, the command
-    still exists and reports why."""
-    try:
-        from .image.cli import add_image_parser
-    except Exception as err:  # the rest of the command line must work without it
-        reason = f"{type(err).__name__}: {err}"
-        p = commands.add_parser("image", help="multi-scale image flows (unavailable)", add_help=True)
-        p.add_argument("rest", nargs=argparse.REMAINDER)
+    """Wire in ``ctflow image`` from :mod:`ctflow.image.cli` (imported here, when the parser is built)."""
+    from .image.cli import add_image_parser
 
-        def unavailable(args: argparse.Namespace) -> int:
-            raise InputError(f"image flows are unavailable ({reason})")
-
-        p.set_defaults(func=unavailable)
-        return
     parser = add_image_parser(commands)
     parser.set_defaults(func=lambda args: args.image_func(args))
 

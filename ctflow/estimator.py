@@ -7,8 +7,6 @@ import json
 import math
 import numbers
 import os
-import shutil
-import tempfile
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -21,6 +19,8 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from . import __version__
+from .checkpoint import atomic_directory
+from .checks import positive_int, probability
 from .data.irregular import IrregularBatch, collate, holdout_last, split_series
 from .data.prepare import PreparedSeries, QueryGrid, Scaling, check_frame, prepare_series, query_grid
 from .data.timecodec import TimeCodec
@@ -36,6 +36,7 @@ from .forecast import (
 )
 from .models.ensemble import DeepEnsemble
 from .models.registry import build_model
+from .models.settings import SETTINGS, ModelSettings, model_settings
 from .training import evaluate_forecast_nll, evaluate_sequence_nll, fit_model
 from .validation import validation_report
 
@@ -44,7 +45,7 @@ __all__ = ["Forecaster"]
 FORMAT = "ctflow.Forecaster"
 _UNBOUNDED = 10**9  # epochs when only max_steps bounds training
 _TAIL = 0.2  # fraction of a validation series' last rows held out
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
 
 
@@ -74,18 +75,8 @@ def _torch_threads(n: int | None) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-# What persistence knows, and training for multi-step forecasts: see the class docstring.
-GRU_ODE_BAYES_DEFAULTS: dict[str, Any] = {"carry_forward": True, "trend": True, "forecast_cut": 0.5}
 VALIDATION_SCHEMES = ("last", "series")
-# Long gaps (a dose record years after the last) take longer steps rather than thousands of them.
-MAX_STEPS_PER_INTERVAL = 2
 MIN_WEIGHT_DECAY = 1e-4  # of weight_decay="auto": what large data sets get
-
-
-def _check_positive_int(value: Any, name: str) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 def _members(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -104,29 +95,14 @@ class Forecaster(BaseEstimator):
     times, in the original units.
 
     Args:
-        model: ``"gru_ode_bayes"``, ``"latent_ode"`` (Rubanova, Chen & Duvenaud 2019) or
-            ``"latent_sde"`` (Li, Wong, Chen & Duvenaud 2020); see :mod:`ctflow.models.registry`.
-        emission: emission density ``p(y | h)``: ``"gaussian"``, ``"mixlogistic"`` (a
-            mixture-of-logistics CDF flow per variable) or ``"maf"`` (a joint masked autoregressive
-            flow over the observed variables).
-        hidden_size, p_hidden, prep_hidden: widths of the hidden state, the emission network and
-            the per-variable GRU-Bayes preprocessing.
-        solver, step_size: ODE solver between observations (default: ``"exp_euler"`` for
-            GRU-ODE-Bayes, each step relaxing the state exactly with its coefficients frozen,
-            stable for any step; ``"euler"`` for the latent models; or any method of
-            :class:`ctflow.ode.SolverOptions`); ``step_size`` is in units of the median
-            gap between a series' consecutive training observations, and an interval takes at
-            most 2 steps.
-        post_jump_weight: weight of the post-jump likelihood in the training loss (GRU-ODE-Bayes;
-            0 by default: with the carried last values it adds little and costs an emission pass).
-        latent_dim, posterior: latent size and posterior ``q(z0 | x)`` of the latent models
-            (``"gaussian"`` or a flow: ``"iaf"``, ``"planar"``, ``"radial"``, ``"sylvester"``,
-            ``"realnvp"``).
-        model_options: further keyword arguments of the model's constructor. GRU-ODE-Bayes
-            defaults to ``carry_forward=True`` and ``trend=True`` (the emission models the change
-            from each variable's last value, aware of its local slope: it starts from what
-            persistence knows) and ``forecast_cut=0.5`` (training also scores multi-step
-            forecasts); any of them can be overridden here.
+        model: the sequence model and its settings: a settings object of
+            :mod:`ctflow.models.settings` (``GRUODEBayesSettings(hidden_size=64)``,
+            ``LatentODESettings(...)``, ``LatentSDESettings(...)``) or a model name
+            (``"gru_ode_bayes"``, ``"latent_ode"``, ``"latent_sde"``) for its defaults. Its
+            parameters are nested sklearn parameters: ``set_params(model__hidden_size=64)``,
+            ``GridSearchCV(..., {"model__emission": [...]})``. GRU-ODE-Bayes (the default) starts
+            from what persistence knows: its emission models the change from each variable's
+            last value, aware of the local slope.
         n_members: size of a deep ensemble (Lakshminarayanan, Pritzel & Blundell 2017, "Simple
             and Scalable Predictive Uncertainty Estimation using Deep Ensembles"): that many
             models of this configuration, each from its own random initialisation, trained side
@@ -163,21 +139,18 @@ class Forecaster(BaseEstimator):
             torch's setting. One by default: these models run many small tensor operations, for
             which more threads cost more in synchronisation than they save (a Sitka fit took
             28 s on one thread and 78 s on two).
+
+    >>> from ctflow import Forecaster
+    >>> from ctflow.data import load_double_ou
+    >>> df = load_double_ou(30, seed=0)  # columns unique_id, ds, y1, y2
+    >>> model = Forecaster(max_steps=10, eval_every=5, random_state=0).fit(df)
+    >>> model.predict_quantiles(df, horizon=[1.0], quantiles=[0.1, 0.9]).columns.tolist()
+    ['unique_id', 'ds', 'y1_q10', 'y1_q90', 'y2_q10', 'y2_q90']
     """
 
     def __init__(
         self,
-        model: str = "gru_ode_bayes",
-        emission: str = "gaussian",
-        hidden_size: int = 32,
-        p_hidden: int = 32,
-        prep_hidden: int = 16,
-        solver: str | None = None,
-        step_size: float = 1.0,
-        post_jump_weight: float = 0.0,
-        latent_dim: int = 16,
-        posterior: str = "gaussian",
-        model_options: dict | None = None,
+        model: str | ModelSettings = "gru_ode_bayes",
         n_members: int = 1,
         max_steps: int | None = 1000,
         max_epochs: int | None = None,
@@ -198,16 +171,6 @@ class Forecaster(BaseEstimator):
         n_threads: int | None = 1,
     ):
         self.model = model
-        self.emission = emission
-        self.hidden_size = hidden_size
-        self.p_hidden = p_hidden
-        self.prep_hidden = prep_hidden
-        self.solver = solver
-        self.step_size = step_size
-        self.post_jump_weight = post_jump_weight
-        self.latent_dim = latent_dim
-        self.posterior = posterior
-        self.model_options = model_options
         self.n_members = n_members
         self.max_steps = max_steps
         self.max_epochs = max_epochs
@@ -228,53 +191,32 @@ class Forecaster(BaseEstimator):
         self.n_threads = n_threads
 
     # ------------------------------------------------------------------ configuration
+    def _settings(self) -> ModelSettings:
+        return model_settings(self.model)
+
     def _model_kwargs(self) -> dict[str, Any]:
-        if not isinstance(self.model, str):
-            raise TypeError(f"model must be a model name, got {type(self.model).__name__}")
-        if self.model_options is not None and not isinstance(self.model_options, dict):
-            raise TypeError(f"model_options must be a dict or None, got {type(self.model_options).__name__}")
-        step = self.step_size
-        if (
-            isinstance(step, bool)
-            or not isinstance(step, numbers.Real)
-            or not math.isfinite(step)
-            or step <= 0
-        ):
-            raise ValueError(f"step_size must be a positive number, got {self.step_size!r}")
-        method = self.solver
-        if method is None:  # the stable relaxation needs the GRU-ODE's form
-            method = "exp_euler" if self.model == "gru_ode_bayes" else "euler"
-        solver = {"method": method, "step_size": float(step), "max_steps": MAX_STEPS_PER_INTERVAL}
-        kwargs: dict[str, Any] = {
-            "hidden_size": _check_positive_int(self.hidden_size, "hidden_size"),
-            "p_hidden": _check_positive_int(self.p_hidden, "p_hidden"),
-            "emission": self.emission,
-            "solver": solver,
-        }
-        if self.model == "gru_ode_bayes":
-            kwargs["prep_hidden"] = _check_positive_int(self.prep_hidden, "prep_hidden")
-            kwargs["post_jump_weight"] = float(self.post_jump_weight)
-            kwargs.update(GRU_ODE_BAYES_DEFAULTS)
-            if self.emission == "gaussian":
-                kwargs["emission_options"] = {"linear_skip": "features"}
-        elif self.model in ("latent_ode", "latent_sde"):
-            kwargs["latent_dim"] = _check_positive_int(self.latent_dim, "latent_dim")
-            kwargs["posterior"] = self.posterior
-        kwargs.update(self.model_options or {})
-        return kwargs
+        return self._settings().model_kwargs()
+
+    def set_params(self, **params: Any) -> Forecaster:
+        """Set parameters, ``model__<name>`` included (sklearn's nested form). A model given by
+        name is first replaced by its settings object, so ``model__hidden_size=64`` works on the
+        default ``Forecaster()``."""
+        nested = any(key.startswith("model__") for key in params)
+        if nested and "model" not in params and isinstance(self.model, str):
+            self.model = model_settings(self.model)
+        return super().set_params(**params)
 
     def _check_fit_params(self) -> None:
-        if not isinstance(self.val_fraction, numbers.Real) or not 0 <= float(self.val_fraction) < 1:
-            raise ValueError(f"val_fraction must lie in [0, 1), got {self.val_fraction!r}")
+        probability(self.val_fraction, "val_fraction")
         if self.max_epochs is None and self.max_steps is None:
             raise ValueError("set max_steps or max_epochs (both are None: training would never end)")
         for name in ("max_epochs", "max_steps"):
             if getattr(self, name) is not None:
-                _check_positive_int(getattr(self, name), name)
-        _check_positive_int(self.eval_every, "eval_every")
-        _check_positive_int(self.n_members, "n_members")
+                positive_int(getattr(self, name), name)
+        positive_int(self.eval_every, "eval_every")
+        positive_int(self.n_members, "n_members")
         if self.n_threads is not None:
-            _check_positive_int(self.n_threads, "n_threads")
+            positive_int(self.n_threads, "n_threads")
         if not (isinstance(self.refit, bool) or self.refit == "ensemble"):
             raise ValueError(f"refit must be True, False or 'ensemble', got {self.refit!r}")
         wd = self.weight_decay
@@ -284,10 +226,10 @@ class Forecaster(BaseEstimator):
             raise ValueError(f"weight_decay must be 'auto' or a finite number >= 0, got {wd!r}")
         if self.validation not in VALIDATION_SCHEMES:
             raise ValueError(f"validation must be one of {VALIDATION_SCHEMES}, got {self.validation!r}")
-        _check_positive_int(self.batch_size, "batch_size")
-        _check_positive_int(self.n_samples, "n_samples")
+        positive_int(self.batch_size, "batch_size")
+        positive_int(self.n_samples, "n_samples")
         if self.patience is not None:
-            _check_positive_int(self.patience, "patience")
+            positive_int(self.patience, "patience")
 
     # ------------------------------------------------------------------ fitting
     def fit(
@@ -346,18 +288,7 @@ class Forecaster(BaseEstimator):
                 def validate() -> float:
                     return evaluate_forecast_nll(model, context, target)
 
-            options = {
-                "epochs": int(self.max_epochs) if self.max_epochs is not None else _UNBOUNDED,
-                "eval_every": int(self.eval_every) if self.max_epochs is None else None,
-                "batch_size": int(self.batch_size),
-                "lr": self.lr,
-                "weight_decay": self._weight_decay(train),
-                "grad_clip": self.grad_clip,
-                "time_limit": self.time_limit,
-                "seed": seed,
-                "verbose": self.verbose,
-                "desc": f"fit {self.model}",
-            }
+            options = self._fit_options(train, seed)
             refit = bool(self.refit) and held_out is not None and checkpoint is None
             start = time.perf_counter()
             if refit and self.time_limit is not None:  # half the budget to choose, half to refit
@@ -377,19 +308,7 @@ class Forecaster(BaseEstimator):
             if held_out is not None:
                 report = validation_report(model, train, *held_out, seed=seed)
             if refit:
-                # The selected budget, now on every observation: the held-out last rows are the
-                # newest stretch of each series, which forecasts need most.
-                steps = history["n_steps"] if history["best_epoch"] is None else self._best_steps(history)
-                if self.time_limit is not None:
-                    options["time_limit"] = max(1.0, self.time_limit - (time.perf_counter() - start))
-                chosen = model
-                model = self._build(len(values), kwargs).to(device)
-                options["weight_decay"] = self._weight_decay(batch)
-                selection = history
-                history = fit_model(model, batch, None, max_steps=max(1, steps), **options)
-                history["selection"] = selection
-                if self.refit == "ensemble":
-                    model = DeepEnsemble([*_members(chosen), *_members(model)])
+                model, history = self._refit(model, history, batch, kwargs, options, start)
         model.eval()
         self.model_ = model
         self.model_kwargs_ = kwargs
@@ -404,6 +323,45 @@ class Forecaster(BaseEstimator):
         self.n_series_ = len(batch)
         return self
 
+    def _fit_options(self, train: IrregularBatch, seed: int | None) -> dict[str, Any]:
+        """The arguments of :func:`fit_model` that the estimator's parameters set."""
+        return {
+            "epochs": int(self.max_epochs) if self.max_epochs is not None else _UNBOUNDED,
+            "eval_every": int(self.eval_every) if self.max_epochs is None else None,
+            "batch_size": int(self.batch_size),
+            "lr": self.lr,
+            "weight_decay": self._weight_decay(train),
+            "grad_clip": self.grad_clip,
+            "time_limit": self.time_limit,
+            "seed": seed,
+            "verbose": self.verbose,
+            "desc": f"fit {self._settings().name}",
+        }
+
+    def _refit(
+        self,
+        chosen: torch.nn.Module,
+        history: dict[str, Any],
+        batch: IrregularBatch,
+        kwargs: dict[str, Any],
+        options: dict[str, Any],
+        start: float,
+    ) -> tuple[torch.nn.Module, dict[str, Any]]:
+        """Train a new model on every observation for the steps validation chose (the held-out
+        last rows are the newest stretch of each series, which forecasts need most); with
+        ``refit="ensemble"`` keep the chosen model beside it."""
+        steps = history["n_steps"] if history["best_epoch"] is None else self._best_steps(history)
+        if self.time_limit is not None:
+            options["time_limit"] = max(1.0, self.time_limit - (time.perf_counter() - start))
+        device = next(chosen.parameters()).device
+        model = self._build(batch.n_variables, kwargs).to(device)
+        options["weight_decay"] = self._weight_decay(batch)
+        refitted = fit_model(model, batch, None, max_steps=max(1, steps), **options)
+        refitted["selection"] = history
+        if self.refit == "ensemble":
+            model = DeepEnsemble([*_members(chosen), *_members(model)])
+        return model, refitted
+
     def _weight_decay(self, train: IrregularBatch) -> float:
         if self.weight_decay == "auto":
             return max(MIN_WEIGHT_DECAY, 1.0 / max(1.0, float(train.mask.sum())))
@@ -411,10 +369,11 @@ class Forecaster(BaseEstimator):
 
     def _build(self, n_variables: int, kwargs: dict[str, Any], count: int | None = None) -> torch.nn.Module:
         """The sequence model, or a deep ensemble of ``count`` (default ``n_members``) of them."""
-        members = _check_positive_int(self.n_members if count is None else count, "n_members")
+        members = positive_int(self.n_members if count is None else count, "n_members")
+        name = self._settings().name
         if members == 1:
-            return build_model(self.model, n_variables, **kwargs)
-        return DeepEnsemble([build_model(self.model, n_variables, **kwargs) for _ in range(members)])
+            return build_model(name, n_variables, **kwargs)
+        return DeepEnsemble([build_model(name, n_variables, **kwargs) for _ in range(members)])
 
     def _best_steps(self, history: dict[str, Any]) -> int:
         """Optimizer steps up to the best validation of ``history``."""
@@ -478,7 +437,7 @@ class Forecaster(BaseEstimator):
         position = np.full(len(context), -1)
         position[queried] = np.arange(len(queried))
         # Models that forecast from particles hold that many states per series.
-        particles = int(getattr(model, "n_particles", 1))
+        particles = model.n_particles
         cap = max(16, 4096 // max(1, particles // 4))
         chunk = max(1, min(cap, 2_000_000 // max(1, per_query * grid.times.shape[1])))
         batch = context.model_batch(scaling)
@@ -565,7 +524,7 @@ class Forecaster(BaseEstimator):
         return self._query_frame(context, grid), out, means
 
     def _n(self, n_samples: int | None) -> int:
-        return _check_positive_int(self.n_samples if n_samples is None else n_samples, "n_samples")
+        return positive_int(self.n_samples if n_samples is None else n_samples, "n_samples")
 
     def _seed(self, seed: int | None) -> int | None:
         return self.random_state if seed is None else seed
@@ -724,7 +683,9 @@ class Forecaster(BaseEstimator):
 
     # ------------------------------------------------------------------ persistence
     def _config(self) -> dict[str, Any]:
-        params = self.get_params()
+        params = self.get_params(deep=False)
+        settings = self._settings()
+        params["model"] = {"name": settings.name, "params": settings.get_params()}
         params["device"] = "auto" if not isinstance(params["device"], str) else params["device"]
         try:
             json.dumps(params)
@@ -752,7 +713,8 @@ class Forecaster(BaseEstimator):
         """Write ``config.json`` and ``model.safetensors`` into the directory ``path``.
 
         The files are written to a temporary directory that then replaces ``path`` (an existing
-        saved model or empty directory), so an interrupted save never leaves half a model.
+        saved model or empty directory) with :func:`ctflow.checkpoint.atomic_directory`, so an
+        interrupted save never leaves half a model.
         """
         from safetensors.torch import save_file
 
@@ -767,24 +729,13 @@ class Forecaster(BaseEstimator):
                 raise ValueError(
                     f"{target} holds other files ({sorted(extra)[:3]}); refusing to overwrite it"
                 )
-        target.parent.mkdir(parents=True, exist_ok=True)
-        tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
-        try:
-            state = {k: v.detach().cpu().contiguous() for k, v in self.model_.state_dict().items()}
-            save_file(state, str(tmp / WEIGHTS_FILE), metadata={"format": FORMAT})
-            (tmp / CONFIG_FILE).write_text(json.dumps(config, indent=2))
-            if target.exists():
-                backup = Path(tempfile.mkdtemp(prefix=f".{target.name}.old.", dir=target.parent))
-                backup.rmdir()
-                target.rename(backup)
-                tmp.rename(target)
-                shutil.rmtree(backup, ignore_errors=True)
-            else:
-                tmp.rename(target)
-        finally:
-            if tmp.exists():
-                shutil.rmtree(tmp, ignore_errors=True)
-        return target
+        state = {k: v.detach().cpu().contiguous() for k, v in self.model_.state_dict().items()}
+
+        def write(folder: Path) -> None:
+            save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": FORMAT})
+            (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2))
+
+        return atomic_directory(target, write)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | None = None) -> Forecaster:
@@ -819,6 +770,8 @@ class Forecaster(BaseEstimator):
             params, fitted = dict(config["params"]), config["fitted"]
             if device is not None:
                 params["device"] = device
+            saved_model = params["model"]
+            params["model"] = SETTINGS[saved_model["name"]](**saved_model["params"])
             est = cls(**params)
             codec = TimeCodec.from_dict(fitted["time_codec"])
             scaling = Scaling.from_dict(fitted["scaling"])

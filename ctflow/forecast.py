@@ -117,6 +117,17 @@ class Forecast:
             queries when ``paths`` (sample paths), else independent marginal draws per query.
         mean: ``(n_queries, D)`` forecast means (default: the sample mean).
         history: the context observations (id, time, variables) for :meth:`plot`.
+
+    >>> import numpy as np, pandas as pd
+    >>> queries = pd.DataFrame({"unique_id": [0, 0], "ds": [1.0, 2.0]})
+    >>> samples = np.linspace(0.0, 1.0, 101)[:, None, None] + np.array([[0.0], [1.0]])  # (101, 2, 1)
+    >>> forecast = Forecast(queries, ["y"], samples)
+    >>> forecast
+    Forecast(2 queries of 1 series, variables=['y'], n_samples=101, paths=False)
+    >>> forecast.interval(0.8)
+       unique_id   ds  y_lower_80  y_upper_80
+    0          0  1.0         0.1         0.9
+    1          0  2.0         1.1         1.9
     """
 
     def __init__(

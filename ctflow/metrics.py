@@ -37,6 +37,12 @@ def crps_samples(samples: Tensor, y: Tensor, mask: Tensor | None = None, reduce:
 
     The second term uses the sorted-sample identity (O(n log n)); this is the usual estimator
     with ``1/n^2`` normalisation, as in ``properscoring`` and ``scoringrules``.
+
+    >>> import torch
+    >>> crps_samples(torch.zeros(10, 3), torch.ones(3))  # a point mass: the absolute error
+    tensor(1.)
+    >>> crps_samples(torch.tensor([[0.0], [1.0]]), torch.tensor([0.0]))  # 1/2 - 1/4
+    tensor(0.2500)
     """
     if samples.shape[1:] != y.shape:
         raise ValueError(
@@ -56,6 +62,10 @@ def energy_score(samples: Tensor, y: Tensor, mask: Tensor | None = None, beta: f
 
     ``ES = E||X - y||^beta - E||X - X'||^beta / 2`` over the last axis; ``mask (*batch,)`` selects
     which vectors count.
+
+    >>> import torch
+    >>> energy_score(torch.zeros(10, 3, 2), torch.tensor([[3.0, 4.0]]).expand(3, 2))  # |(3, 4)|
+    tensor(5.)
     """
     if samples.shape[1:] != y.shape:
         raise ValueError(
@@ -73,7 +83,15 @@ def energy_score(samples: Tensor, y: Tensor, mask: Tensor | None = None, beta: f
 
 
 def interval_coverage(lower: Tensor, upper: Tensor, y: Tensor, mask: Tensor | None = None) -> Tensor:
-    """Fraction of observed values inside ``[lower, upper]``."""
+    """Fraction of observed values inside ``[lower, upper]``.
+
+    >>> import torch
+    >>> y = torch.tensor([0.5, 2.0, 0.2, -1.0])
+    >>> interval_coverage(torch.zeros(4), torch.ones(4), y)
+    tensor(0.5000)
+    >>> interval_coverage(torch.zeros(4), torch.ones(4), y, mask=torch.tensor([1, 0, 1, 0]))
+    tensor(1.)
+    """
     inside = ((y >= lower) & (y <= upper)).to(y.dtype)
     return masked_mean(inside, mask)
 

@@ -3,7 +3,9 @@
 Everything in ctflow that integrates an ODE (continuous normalizing flows, continuous-time hidden
 states) goes through :func:`integrate`, so solver options mean the same everywhere and function
 evaluations are counted the same way. :func:`integrate_intervals` advances many series over their
-own intervals at once (per-series time rescaling), with fused fixed-step loops or an adaptive solve.
+own intervals at once (per-series time rescaling), with fused fixed-step loops or a torchdiffeq
+solve. :data:`SOLVERS` describes every method; validation, step planning and NFE counting read it.
+SDE integration lives in :mod:`ctflow.sde` (re-exported here).
 
 Chen, Rubanova, Bettencourt & Duvenaud (2018), "Neural Ordinary Differential Equations";
 solvers from ``torchdiffeq``.
@@ -11,6 +13,7 @@ solvers from ``torchdiffeq``.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
@@ -20,35 +23,93 @@ import torch
 from torch import Tensor, nn
 from torchdiffeq import odeint, odeint_adjoint
 
+from .checks import choice, positive_int, real_number
+from .sde import SDE_METHODS, integrate_sde_intervals
+
 __all__ = [
     "integrate_intervals",
     "steps_for",
     "fixed_step_plan",
     "integrate_sde_intervals",
     "SDE_METHODS",
+    "SolverSpec",
+    "SOLVERS",
+    "solver_spec",
     "FIXED_STEP_STAGES",
     "SolverOptions",
     "NFECounter",
     "integrate",
     "FIXED_STEP",
     "ADAPTIVE",
+    "INTERVAL_ONLY",
     "ERROR_NORMS",
 ]
 
-FIXED_STEP = ("euler", "midpoint", "rk4", "heun3", "explicit_adams", "implicit_adams")
-ADAPTIVE = ("dopri5", "dopri8", "bosh3", "fehlberg2", "adaptive_heun")
-# Schemes of integrate_intervals alone: the field must offer ``rate_and_target(h)`` so that
-# ``dh/dt = rate * (target - h)``; each step relaxes exactly with the coefficients frozen, which
-# stays stable for any step length (long gaps between observations).
-INTERVAL_ONLY = ("exp_euler",)
+
+@dataclass(frozen=True)
+class SolverSpec:
+    """What ctflow needs to know of an ODE method.
+
+    ``fixed_step``: steps of a set length (``SolverOptions.step_size``, in time units) without
+    error control; otherwise adaptive (``rtol``/``atol``). ``stages``: field evaluations per step
+    (per attempted step of an adaptive method, whose first stage reuses the previous step's last
+    evaluation); ``None`` where it varies (the Adams methods start with RK4 steps, and the implicit
+    one iterates its corrector). ``order``: the order of accuracy (for the Adams methods the order
+    they reach after the start, at least). ``interval_only``: a scheme of
+    :func:`integrate_intervals` alone, not of torchdiffeq. ``defaults``: torchdiffeq options that
+    ``SolverOptions.extra`` may override.
+    """
+
+    name: str
+    fixed_step: bool
+    stages: int | None
+    order: int
+    interval_only: bool = False
+    defaults: tuple[tuple[str, Any], ...] = ()
+
+
+SOLVERS: dict[str, SolverSpec] = {
+    spec.name: spec
+    for spec in (
+        SolverSpec("dopri5", fixed_step=False, stages=6, order=5),
+        SolverSpec("dopri8", fixed_step=False, stages=13, order=8),
+        SolverSpec("bosh3", fixed_step=False, stages=3, order=3),
+        SolverSpec("fehlberg2", fixed_step=False, stages=2, order=2),
+        SolverSpec("adaptive_heun", fixed_step=False, stages=1, order=2),
+        SolverSpec("euler", fixed_step=True, stages=1, order=1),
+        SolverSpec("midpoint", fixed_step=True, stages=2, order=2),
+        SolverSpec("rk4", fixed_step=True, stages=4, order=4),
+        SolverSpec("heun3", fixed_step=True, stages=3, order=3),
+        # torchdiffeq raises the order up to an 11-step Adams-Bashforth by default, whose tiny
+        # stability region makes the error grow as the step shrinks (dy/dt = -y on [0, 1]: error
+        # 2e-4 with 10 steps, 0.46 with 80); max_order=5 stops at the 4-step, 4th-order method.
+        SolverSpec("explicit_adams", fixed_step=True, stages=None, order=4, defaults=(("max_order", 5),)),
+        SolverSpec("implicit_adams", fixed_step=True, stages=None, order=4),
+        # The field must offer ``rate_and_target(h)`` so that ``dh/dt = rate * (target - h)``; each
+        # step relaxes exactly with the coefficients frozen, which stays stable for any step length
+        # (long gaps between observations).
+        SolverSpec("exp_euler", fixed_step=True, stages=1, order=1, interval_only=True),
+    )
+}
+
+# Views of SOLVERS under their former names.
+FIXED_STEP = tuple(n for n, s in SOLVERS.items() if s.fixed_step and not s.interval_only)
+ADAPTIVE = tuple(n for n, s in SOLVERS.items() if not s.fixed_step)
+INTERVAL_ONLY = tuple(n for n, s in SOLVERS.items() if s.interval_only)
+FIXED_STEP_STAGES = {n: s.stages for n, s in SOLVERS.items() if s.fixed_step and s.stages is not None}
 ERROR_NORMS = ("rms", "max")
+
+
+def solver_spec(method: str) -> SolverSpec:
+    """The :class:`SolverSpec` of ``method``; ``ValueError`` naming the valid ones if unknown."""
+    return SOLVERS[choice(method, "ODE method", SOLVERS)]
 
 
 @dataclass
 class SolverOptions:
     """How to integrate: ``method`` (adaptive: dopri5, dopri8, bosh3, fehlberg2, adaptive_heun;
     fixed-step: euler, midpoint, rk4, heun3, explicit_adams, implicit_adams; between observations
-    only, :func:`integrate_intervals`' exp_euler), tolerances for
+    only, :func:`integrate_intervals`' exp_euler; see :data:`SOLVERS`), tolerances for
     adaptive solvers, ``step_size`` for fixed-step ones, and ``adjoint`` to backpropagate by
     solving the adjoint ODE (memory O(1) in the number of steps) instead of through the solver.
     ``adjoint_rtol``/``adjoint_atol`` default to the forward tolerances. ``max_steps`` caps the
@@ -91,35 +152,29 @@ class SolverOptions:
     max_steps: int | None = None
 
     def __post_init__(self) -> None:
-        valid = FIXED_STEP + ADAPTIVE + INTERVAL_ONLY
-        if self.method not in valid:
-            raise ValueError(f"unknown ODE method {self.method!r}; valid: {', '.join(valid)}")
-        if self.max_steps is not None and not (isinstance(self.max_steps, int) and self.max_steps >= 1):
-            raise ValueError(f"max_steps must be a positive int or None, got {self.max_steps!r}")
-        for name in ("rtol", "atol"):
-            if not getattr(self, name) > 0:
-                raise ValueError(f"{name} must be positive, got {getattr(self, name)}")
-        if self.norm not in ERROR_NORMS:
-            raise ValueError(f"unknown error norm {self.norm!r}; valid: {', '.join(ERROR_NORMS)}")
-        if self.aux_atol is not None and not self.aux_atol > 0:
-            raise ValueError(f"aux_atol must be positive (or math.inf), got {self.aux_atol}")
+        spec = solver_spec(self.method)
+        positive_int(self.max_steps, "max_steps", allow_none=True)
+        real_number(self.rtol, "rtol", positive=True)
+        real_number(self.atol, "atol", positive=True)
+        choice(self.norm, "error norm", ERROR_NORMS)
+        real_number(self.aux_atol, "aux_atol", positive=True, allow_none=True, finite=False)
         if "norm" in self.extra:
             raise ValueError("set the error norm with SolverOptions.norm, not through extra")
-        if (
-            self.method in FIXED_STEP + INTERVAL_ONLY
-            and self.step_size is not None
-            and not self.step_size > 0
-        ):
-            raise ValueError(f"step_size must be positive, got {self.step_size}")
+        if spec.fixed_step:
+            real_number(self.step_size, "step_size", positive=True, allow_none=True)
+
+    @property
+    def spec(self) -> SolverSpec:
+        return SOLVERS[self.method]
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
 
     def _torchdiffeq_options(self) -> dict[str, Any]:
-        opts = dict(self.extra)
-        if self.method in FIXED_STEP and self.step_size is not None:
+        opts = {**dict(self.spec.defaults), **self.extra}
+        if self.spec.fixed_step and self.step_size is not None:
             opts["step_size"] = self.step_size
-        if self.method in ADAPTIVE:
+        if not self.spec.fixed_step:
             opts["norm"] = _ERROR_NORMS[self.norm]
         return opts
 
@@ -153,15 +208,20 @@ _ERROR_NORMS: dict[str, Callable[[Any], Tensor]] = {"rms": _rms_norm, "max": _ma
 
 
 class NFECounter(nn.Module):
-    """Wraps a vector field ``func(t, state)`` and counts its evaluations.
+    """Counts evaluations of a vector field: wraps ``func(t, state)``, or counts what it is told.
 
     ``nfe_forward`` counts evaluations made while solving forward in time; ``nfe_backward`` counts
     evaluations made by backpropagation: calls of the adjoint ODE, or, when differentiating through
     the solver, each recorded evaluation whose graph the gradient traverses. Counters accumulate
     until :meth:`reset`.
+
+    ``NFECounter(func)`` wraps a vector field: use it as the field of :func:`integrate` and every
+    call is counted. ``NFECounter()`` wraps nothing: code that evaluates a field itself (the fused
+    loops of :func:`integrate_intervals`, an SDE solve) reports its counts with :meth:`add`. Both
+    are modules, so a model holding one as a submodule is found by ``module.modules()``.
     """
 
-    def __init__(self, func: nn.Module):
+    def __init__(self, func: nn.Module | None = None):
         super().__init__()
         self.func = func
         self.nfe_forward = 0
@@ -172,11 +232,18 @@ class NFECounter(nn.Module):
         self.nfe_forward = 0
         self.nfe_backward = 0
 
+    def add(self, n_forward: int = 0, n_backward: int = 0) -> None:
+        """Count ``n_forward`` evaluations of a forward solve and ``n_backward`` of backpropagation."""
+        self.nfe_forward += n_forward
+        self.nfe_backward += n_backward
+
     def _count_backward(self, grad: Tensor) -> Tensor:
         self.nfe_backward += 1
         return grad
 
     def forward(self, t: Tensor, state):
+        if self.func is None:
+            raise RuntimeError("this NFECounter wraps no vector field; report counts with add()")
         out = self.func(t, state)
         if not self._in_forward_solve:
             self.nfe_backward += 1  # called by the adjoint solve during backpropagation
@@ -201,9 +268,19 @@ def integrate(
     Returns the solution at every time in ``t`` (leading axis), as ``torchdiffeq.odeint`` does;
     ``y0`` may be a tuple of tensors. Pass an :class:`NFECounter` wrapping ``func`` (and use it as
     ``func``) to count evaluations. ``adjoint_params`` defaults to ``func``'s parameters.
+
+    >>> import torch
+    >>> from torch import nn
+    >>> class Decay(nn.Module):
+    ...     def forward(self, t, y):
+    ...         return -y
+    >>> y = integrate(Decay(), torch.ones(1), torch.tensor([0.0, 1.0]))  # y(t) = exp(-t)
+    >>> y.shape, round(y[-1].item(), 4)
+    (torch.Size([2, 1]), 0.3679)
     """
     options = options or SolverOptions()
-    if options.method in INTERVAL_ONLY:
+    adaptive = not options.spec.fixed_step
+    if options.spec.interval_only:
         raise ValueError(
             f"method {options.method!r} integrates between observations only (integrate_intervals)"
         )
@@ -211,7 +288,7 @@ def integrate(
         raise ValueError("pass the NFECounter itself as func so that its evaluations are counted")
     kwargs: dict[str, Any] = {
         "rtol": options.rtol,
-        "atol": options._atol(y0) if options.method in ADAPTIVE else options.atol,
+        "atol": options._atol(y0) if adaptive else options.atol,
         "method": options.method,
         "options": options._torchdiffeq_options(),
     }
@@ -221,7 +298,7 @@ def integrate(
         if options.adjoint:
             params = adjoint_params if adjoint_params is not None else tuple(func.parameters())
             adjoint_options = {k: v for k, v in kwargs["options"].items() if k != "norm"}
-            if options.method in ADAPTIVE and options.adjoint_seminorm:
+            if adaptive and options.adjoint_seminorm:
                 # torchdiffeq builds the adjoint norm from the forward one (``norm`` above), leaving
                 # the parameter-gradient integrals out when asked for a seminorm.
                 adjoint_options["norm"] = "seminorm"
@@ -246,12 +323,75 @@ def integrate(
 # observation). Rescaling time per row, dh/ds = dt_b * f(h) for s in [0, 1], puts the whole batch on
 # one clock, so one solve advances every series; rows with dt_b = 0 do not move.
 
-FIXED_STEP_STAGES = {"euler": 1, "midpoint": 2, "rk4": 4, "exp_euler": 1}
-
 
 def steps_for(max_dt: float, step_size: float) -> int:
     """Number of equal steps so that no row's step exceeds ``step_size``."""
     return max(1, math.ceil(max_dt / step_size - 1e-9))
+
+
+def _interval_steps(max_dt: float, options: SolverOptions) -> int:
+    """Fixed steps over an interval of ``max_dt`` (0 for none), capped at ``options.max_steps``."""
+    step_size = _step_size(options)
+    if max_dt <= 0:
+        return 0
+    return min(steps_for(max_dt, step_size), options.max_steps or math.inf)
+
+
+def _step_size(options: SolverOptions) -> float:
+    if options.step_size is None:
+        raise ValueError(f"solver method {options.method!r} needs step_size (the largest step in time units)")
+    return options.step_size
+
+
+def fixed_step_plan(dts: Tensor, options: SolverOptions) -> list[int | None]:
+    """Step counts of a fixed-step solver for each column of intervals ``dts (B, K)``.
+
+    Column ``k`` gets ``steps_for(max_b dts[b, k], step_size)`` steps (0 for an all-zero column),
+    at most ``max_steps``, read back from the device once for all columns; adaptive methods get
+    ``None`` per column.
+    """
+    if not options.spec.fixed_step:
+        return [None] * dts.shape[1]
+    _step_size(options)
+    if dts.numel() and float(dts.min()) < 0:
+        raise ValueError("query or observation times precede the state's time")
+    max_dt = dts.amax(dim=0).tolist() if dts.numel() else []
+    return [_interval_steps(m, options) for m in max_dt]
+
+
+# One step of length ``step`` (per row, (B, 1)) of the fixed-step schemes that integrate_intervals
+# runs in its own loop: no solver object and no time grid per interval, which dominate the cost of
+# the many short solves between observations. The other fixed-step methods go through torchdiffeq.
+_Step = Callable[[Any, Tensor, Tensor], Tensor]
+
+
+def _exp_euler_step(field: Any, h: Tensor, step: Tensor) -> Tensor:
+    rate, target = field.rate_and_target(h)
+    return target + (h - target) * torch.exp(-step * rate)
+
+
+def _euler_step(field: Any, h: Tensor, step: Tensor) -> Tensor:
+    return h + step * field(h)
+
+
+def _midpoint_step(field: Any, h: Tensor, step: Tensor) -> Tensor:
+    return h + step * field(h + 0.5 * step * field(h))
+
+
+def _rk4_step(field: Any, h: Tensor, step: Tensor) -> Tensor:
+    k1 = field(h)
+    k2 = field(h + 0.5 * step * k1)
+    k3 = field(h + 0.5 * step * k2)
+    k4 = field(h + step * k3)
+    return h + step / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4)
+
+
+_FUSED_STEPS: dict[str, _Step] = {
+    "exp_euler": _exp_euler_step,
+    "euler": _euler_step,
+    "midpoint": _midpoint_step,
+    "rk4": _rk4_step,
+}
 
 
 class _Rescaled(nn.Module):
@@ -263,21 +403,23 @@ class _Rescaled(nn.Module):
         return self.dt * self.field(h)
 
 
-def fixed_step_plan(dts: Tensor, options: SolverOptions) -> list[int | None]:
-    """Step counts of a fixed-step solver for each column of intervals ``dts (B, K)``.
-
-    Column ``k`` gets ``steps_for(max_b dts[b, k], step_size)`` steps (0 for an all-zero column),
-    read back from the device once for all columns; adaptive methods get ``None`` per column.
-    """
-    if options.method not in FIXED_STEP_STAGES:
-        return [None] * dts.shape[1]
-    if options.step_size is None:
-        raise ValueError(f"solver method {options.method!r} needs step_size")
-    if dts.numel() and float(dts.min()) < 0:
-        raise ValueError("query or observation times precede the state's time")
-    max_dt = dts.amax(dim=0).tolist() if dts.numel() else []
-    cap = options.max_steps or math.inf
-    return [min(steps_for(m, options.step_size), cap) if m > 0 else 0 for m in max_dt]
+def _solve_rescaled(
+    field: Callable[[Tensor], Tensor],
+    h: Tensor,
+    scale: Tensor,
+    options: SolverOptions,
+    s: Tensor,
+    counter: NFECounter | None,
+) -> Tensor:
+    """``h`` at ``s[-1]`` under ``dh/ds = scale * f(h)``, solved by :func:`integrate` from ``s[0]``."""
+    wrapped = NFECounter(_Rescaled(field, scale))
+    params = field.parameters() if isinstance(field, nn.Module) else ()
+    out = integrate(
+        wrapped, h, s, options, counter=wrapped, adjoint_params=tuple(p for p in params if p.requires_grad)
+    )[-1]
+    if counter is not None:
+        counter.add(wrapped.nfe_forward)
+    return out
 
 
 def integrate_intervals(
@@ -290,114 +432,35 @@ def integrate_intervals(
 ) -> Tensor:
     """Advance ``h (B, H)`` by ``dt (B,)`` under the autonomous field ``f(h)``, all rows in lockstep.
 
-    ``n_steps`` (fixed-step methods) defaults to ``steps_for(max(dt), options.step_size)``, which
-    reads ``max(dt)`` back from the device; pass it to avoid that sync.
+    A fixed-step method takes ``n_steps`` equal steps in every row (a row's step is ``dt_b /
+    n_steps``), so that with the default ``n_steps = steps_for(max(dt), options.step_size)`` (at
+    most ``max_steps``) no step exceeds ``step_size`` time units, whatever the method. That default
+    reads ``max(dt)`` back from the device; pass ``n_steps`` (e.g. from :func:`fixed_step_plan`) to
+    avoid the sync. Adaptive methods ignore ``n_steps``. ``counter`` gets the forward evaluations.
+
+    >>> import torch
+    >>> options = SolverOptions("rk4", step_size=0.1)
+    >>> h = integrate_intervals(lambda h: -h, torch.ones(3, 1), torch.tensor([0.0, 1.0, 2.0]), options)
+    >>> h.squeeze(1)  # each row decays for its own duration: exp(-dt)
+    tensor([1.0000, 0.3679, 0.1353])
     """
     scale = dt.unsqueeze(-1)
-    method = options.method
-    if method in FIXED_STEP_STAGES:
-        if n_steps is None:
-            if options.step_size is None:
-                raise ValueError(
-                    f"method {method!r} needs options.step_size (the largest step in time units)"
-                )
-            n_steps = min(steps_for(float(dt.max()), options.step_size), options.max_steps or math.inf)
-        step = scale / n_steps
-        for _ in range(n_steps):
-            if method == "exp_euler":
-                rate, target = field.rate_and_target(h)
-                h = target + (h - target) * torch.exp(-step * rate)
-            elif method == "euler":
-                h = h + step * field(h)
-            elif method == "midpoint":
-                h = h + step * field(h + 0.5 * step * field(h))
-            else:
-                k1 = field(h)
-                k2 = field(h + 0.5 * step * k1)
-                k3 = field(h + 0.5 * step * k2)
-                k4 = field(h + step * k3)
-                h = h + step / 6.0 * (k1 + 2 * k2 + 2 * k3 + k4)
-        if counter is not None:
-            counter.nfe_forward += n_steps * FIXED_STEP_STAGES[method]
-        return h
-    func = _Rescaled(field, scale)
-    s = torch.tensor([0.0, 1.0], dtype=h.dtype, device=h.device)
-    wrapped = NFECounter(func)
-    out = integrate(
-        wrapped,
-        h,
-        s,
-        options,
-        counter=wrapped,
-        adjoint_params=tuple(
-            p for p in (field.parameters() if isinstance(field, nn.Module) else ()) if p.requires_grad
-        ),
-    )[-1]
-    if counter is not None:
-        counter.nfe_forward += wrapped.nfe_forward
-    return out
-
-
-# Fixed-step SDE schemes of torchsde usable with diagonal noise.
-SDE_METHODS = ("euler", "milstein", "srk")
-
-
-class _RescaledSDE(nn.Module):
-    """``dy = dt * f(y) ds + sqrt(dt) * g(y) dW_s`` on ``s in [0, 1]`` (per-row durations ``dt``)."""
-
-    sde_type = "ito"
-
-    def __init__(
-        self,
-        drift: Callable[[Tensor], Tensor],
-        diffusion: Callable[[Tensor], Tensor],
-        dt: Tensor,
-        noise_type: str,
-    ):
-        super().__init__()
-        self.drift_fn, self.diffusion_fn, self.noise_type = drift, diffusion, noise_type
-        self.scale = dt.unsqueeze(-1)
-        self.root = dt.clamp_min(0).sqrt().view(-1, *([1] * (2 if noise_type == "general" else 1)))
-        self.nfe = 0
-
-    def f(self, s: Tensor, y: Tensor) -> Tensor:
-        self.nfe += 1
-        return self.scale * self.drift_fn(y)
-
-    def g(self, s: Tensor, y: Tensor) -> Tensor:
-        return self.root * self.diffusion_fn(y)
-
-
-def integrate_sde_intervals(
-    drift: Callable[[Tensor], Tensor],
-    diffusion: Callable[[Tensor], Tensor],
-    y: Tensor,
-    dt: Tensor,
-    n_steps: int,
-    method: str = "euler",
-    counter: NFECounter | None = None,
-    noise_type: str = "diagonal",
-) -> Tensor:
-    """Advance ``y (B, K)`` by ``dt (B,)`` under the Ito SDE ``dy = f(y) dt + g(y) dW``, all rows
-    in lockstep, with ``n_steps`` fixed steps of torchsde's ``method`` in per-row rescaled time
-    (a row with ``dt = 0`` stays put). ``noise_type="diagonal"``: ``g(y)`` has ``y``'s shape;
-    ``"general"``: ``g(y)`` is ``(B, K, m)`` for ``m`` Brownian motions (Euler only).
-    """
-    if noise_type not in ("diagonal", "general"):
-        raise ValueError(f"noise_type must be 'diagonal' or 'general', got {noise_type!r}")
-    if method not in SDE_METHODS:
-        raise ValueError(f"unknown SDE method {method!r}; valid: {', '.join(SDE_METHODS)}")
+    spec = options.spec
+    if not spec.fixed_step:
+        s = torch.tensor([0.0, 1.0], dtype=h.dtype, device=h.device)
+        return _solve_rescaled(field, h, scale, options, s, counter)
+    if n_steps is None:
+        n_steps = _interval_steps(float(dt.max()) if dt.numel() else 0.0, options)
     if n_steps == 0:
-        return y
-    import torchsde
-
-    sde = _RescaledSDE(drift, diffusion, dt, noise_type)
-    s = torch.tensor([0.0, 1.0], dtype=y.dtype, device=y.device)
-    noise_size = (y.shape[0], diffusion(y).shape[-1]) if noise_type == "general" else tuple(y.shape)
-    # The Brownian path's entropy comes from torch's generator, so torch.manual_seed repeats runs.
-    entropy = int(torch.randint(2**31 - 1, (), device="cpu"))
-    bm = torchsde.BrownianInterval(0.0, 1.0, size=noise_size, dtype=y.dtype, device=y.device, entropy=entropy)
-    out = torchsde.sdeint(sde, y, s, bm=bm, method=method, dt=1.0 / n_steps)[-1]
+        return h
+    step_fn = _FUSED_STEPS.get(spec.name)
+    if step_fn is None:
+        # torchdiffeq's fixed grid is the time grid it is given when step_size is unset
+        grid = torch.linspace(0.0, 1.0, n_steps + 1, dtype=h.dtype, device=h.device)
+        return _solve_rescaled(field, h, scale, dataclasses.replace(options, step_size=None), grid, counter)
+    step = scale / n_steps
+    for _ in range(n_steps):
+        h = step_fn(field, h, step)
     if counter is not None:
-        counter.nfe_forward += sde.nfe
-    return out
+        counter.add(n_steps * spec.stages)
+    return h

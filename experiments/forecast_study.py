@@ -18,7 +18,9 @@ the targets are checked on the mean over splits.
 
 pbcseq's model carries each lab's last value forward into the emission (which models the change
 from it) and is trained with forecast cuts and update dropout, for a fixed 20 epochs on all
-training patients (early stopping on a fifth of ~250 patients was noisier than it helped).
+training patients (early stopping on a fifth of ~250 patients was noisier than it helped). Each
+configuration is the keyword arguments of ``ctflow.Forecaster``, the model and its options
+nested under ``"model"`` (``{"name": "gru_ode_bayes", "hidden_size": 64, ...}``).
 
     python -m experiments.forecast_study [--datasets double_ou pbcseq] [--seeds 0 1 2] [--quick]
 """
@@ -37,6 +39,7 @@ import torch
 from ctflow import Forecast, Forecaster
 from ctflow.baselines import LastValueBaseline
 from ctflow.data import load_double_ou, load_pbcseq
+from ctflow.models.settings import model_settings
 from experiments.results_io import RESULTS, write_result
 
 TARGETS = {"crps_reduction": 0.20, "coverage_80": (0.75, 0.85), "coverage_95": (0.91, 0.98)}
@@ -51,14 +54,28 @@ CONFIGS: dict[str, dict[str, Any]] = {
             "val_fraction": 0.0,
             "lr": 3e-3,
             "batch_size": 32,
-            "emission": "mixlogistic",
-            "hidden_size": 64,
-            "p_hidden": 64,
+            "model": {
+                "name": "gru_ode_bayes",
+                "emission": "mixlogistic",
+                "hidden_size": 64,
+                "p_hidden": 64,
+                "carry_forward": True,
+                "forecast_cut": 0.5,
+                "update_dropout": 0.3,
+            },
             "time_limit": 240.0,
-            "model_options": {"carry_forward": True, "forecast_cut": 0.5, "update_dropout": 0.3},
         },
     },
 }
+
+
+def forecaster_params(est: Forecaster) -> dict[str, Any]:
+    """The Forecaster's parameters as plain JSON: its model as ``{"name": NAME, **settings}``
+    with every setting (defaults included), which ``Forecaster(**params)`` takes back."""
+    params = est.get_params(deep=False)
+    settings = model_settings(params["model"])
+    params["model"] = {"name": settings.name, **settings.get_params()}
+    return params
 
 
 def load(name: str, seed: int) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
@@ -137,7 +154,7 @@ def run(name: str, seed: int, quick: bool, overrides: dict[str, Any] | None = No
         "n_train_series": int(train["unique_id"].nunique()),
         "n_test_series": int(context["unique_id"].nunique()),
         "n_target_values": int(target[variables].notna().to_numpy().sum()),
-        "params": model.get_params(),
+        "params": forecaster_params(model),
         "fit_seconds": fit_seconds,
         "forecast_seconds": forecast_seconds,
         "epochs": model.history_["epochs"],
@@ -185,8 +202,9 @@ def report(splits: list[dict[str, Any]], summaries: list[dict[str, Any]]) -> str
     ]
     for r in splits:
         f, n = r["forecaster"], r["naive"]
+        emission = r["params"]["model"]["emission"]
         lines.append(
-            f"| {r['dataset']} | {r['seed']} | Forecaster ({r['params']['emission']}) | {f['crps']:.4f} | "
+            f"| {r['dataset']} | {r['seed']} | Forecaster ({emission}) | {f['crps']:.4f} | "
             f"{f['coverage_80']:.3f} | {f['coverage_95']:.3f} | {f['mse']:.4f} | "
             f"{100 * r['crps_reduction']:.1f}% | {r['fit_seconds']:.0f} |"
         )

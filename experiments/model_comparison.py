@@ -30,12 +30,12 @@ from ctflow.baselines import LastValueBaseline
 from experiments.forecast_study import load, scores
 from experiments.results_io import RESULTS, write_result
 
-MODELS: dict[str, dict[str, Any]] = {
-    "GRU-ODE-Bayes, Gaussian": {"model": "gru_ode_bayes", "emission": "gaussian"},
-    "GRU-ODE-Bayes, flow emission": {"model": "gru_ode_bayes", "emission": "mixlogistic"},
-    "LatentODE, Gaussian posterior": {"model": "latent_ode", "posterior": "gaussian"},
-    "LatentODE, IAF posterior": {"model": "latent_ode", "posterior": "iaf"},
-    "LatentSDE": {"model": "latent_sde", "posterior": "gaussian"},
+MODELS: dict[str, dict[str, Any]] = {  # the Forecaster's ``model``: a name and its settings
+    "GRU-ODE-Bayes, Gaussian": {"name": "gru_ode_bayes", "emission": "gaussian"},
+    "GRU-ODE-Bayes, flow emission": {"name": "gru_ode_bayes", "emission": "mixlogistic"},
+    "LatentODE, Gaussian posterior": {"name": "latent_ode", "posterior": "gaussian"},
+    "LatentODE, IAF posterior": {"name": "latent_ode", "posterior": "iaf"},
+    "LatentSDE": {"name": "latent_sde", "posterior": "gaussian"},
 }
 COMMON: dict[str, dict[str, Any]] = {
     "double_ou": {"max_epochs": 200, "patience": 8, "batch_size": 64},
@@ -58,8 +58,8 @@ def run(dataset: str, budget: float, seed: int) -> list[dict[str, Any]]:
     rows.append(
         {"model": "naive last value", "nll": -naive.score(held_out), "fit_seconds": naive_seconds, **s}
     )
-    for label, params in MODELS.items():
-        est = Forecaster(random_state=seed, time_limit=budget, **COMMON[dataset], **params)
+    for label, model in MODELS.items():
+        est = Forecaster(model=model, random_state=seed, time_limit=budget, **COMMON[dataset])
         t0 = time.perf_counter()
         est.fit(train)
         seconds = time.perf_counter() - t0

@@ -33,6 +33,16 @@ The protocol of GRU-ODE-Bayes (De Brouwer et al. 2019), LinODEnet (Scholz et al.
 Published test MSEs on this protocol are listed for reference. Results go to
 ``experiments/results/physionet2012[_TAG].md`` and ``.json``.
 
+``--params`` is a JSON object of ``Forecaster`` arguments (default ``{}``: the default
+Forecaster), the model and its options nested under ``"model"``. The best configuration so far:
+
+    {"model": {"name": "gru_ode_bayes", "hidden_size": 64, "p_hidden": 64, "prep_hidden": 32,
+               "post_jump_weight": 0.1, "emission_options": {"linear_skip": true},
+               "solver": "exp_euler", "step_size": 1.0, "max_steps_per_interval": 4},
+     "refit": "ensemble", "max_steps": 1500, "patience": 8}
+
+Each run records the Forecaster's parameters in this form, every model setting included.
+
     python -m experiments.physionet2012 [--seeds 0 1 2 3 4] [--params '{"max_epochs": 50}']
         [--time-limit 3600] [--n-samples 200] [--data PATH] [--baseline-only]
         [--max-train-stays N] [--tag NAME] [--threads N]
@@ -60,7 +70,7 @@ from sklearn.model_selection import train_test_split
 from ctflow import Forecast, Forecaster
 from ctflow.baselines import LastValueBaseline
 from ctflow.data import PHYSIONET2012_VARIABLES, load_physionet2012
-from experiments.forecast_study import scores
+from experiments.forecast_study import forecaster_params, scores
 from experiments.results_io import RESULTS, write_result
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -246,7 +256,7 @@ def run_model(
         "fitted_with_val_df": used_val,
         "epochs": est.history_.get("epochs"),
         "stop_reason": est.history_.get("stop_reason"),
-        "params": est.get_params(),
+        "params": forecaster_params(est),
         "device": str(est.device_),
     }
 
@@ -301,6 +311,15 @@ def _row(name: str, split: str, r: dict[str, Any]) -> str:
     return f"| {name} | {split} | " + " | ".join(cells) + " |"
 
 
+def model_label(params: dict[str, Any]) -> str:
+    """``"<model>, <emission>"`` of a run's parameters (also of results written before the
+    model's options were nested under ``"model"``)."""
+    model = params.get("model", "gru_ode_bayes")
+    if isinstance(model, dict):
+        return f"{model.get('name')}, {model.get('emission', 'gaussian')}"
+    return f"{model}, {params.get('emission', 'gaussian')}"
+
+
 def report(result: dict[str, Any]) -> str:
     info, mach = result["data"], result["machine"]
     cut = info["test_cut"]
@@ -325,7 +344,7 @@ def report(result: dict[str, Any]) -> str:
     ]
     runs = result["runs"]
     if runs:
-        name = f"Forecaster ({runs[0]['params']['model']}, {runs[0]['params']['emission']})"
+        name = f"Forecaster ({model_label(runs[0]['params'])})"
         lines += [_row(name, str(r["seed"]), r) for r in runs]
         summary = result["summary"]
         cells = [f"{summary[k]['mean']:.4f} ± {summary[k]['std']:.4f}" for k in METRICS[:-1]]

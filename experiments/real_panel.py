@@ -49,7 +49,9 @@ ctflow (see ``data/SOURCES.md``).
     python -m experiments.real_panel [--datasets NAMES...] [--seeds 0 1 2] [--params JSON]
                                      [--tag NAME] [--quick]
 
-``--params '{"max_epochs": 50}'`` changes the Forecaster on every data set; ``--tag NAME`` writes
+``--params '{"max_epochs": 50}'`` changes the Forecaster on every data set (the model and its
+options nested under ``"model"``: ``'{"model": {"name": "gru_ode_bayes", "hidden_size": 64},
+"max_epochs": 50}'``); ``--tag NAME`` writes
 ``experiments/results/real_panel_NAME.{md,json}`` (without it ``real_panel.{md,json}``);
 ``--quick`` runs one seed with a tiny training budget and writes nothing unless a tag is given.
 """

@@ -124,3 +124,40 @@ def test_use_before_fit(cls):
         cls().forecast(_frame(), horizon=[1.0])
     with pytest.raises(ValueError, match="not fitted"):
         cls().score(_frame())
+
+
+@pytest.mark.parametrize(
+    "make", [lambda: LastValueBaseline(n_bins=3), lambda: SmoothedLevelBaseline(2.0, 1.0)]
+)
+def test_baselines_are_estimators_with_the_forecaster_prediction_api(make):
+    from sklearn.base import clone
+
+    from ctflow.data import load_double_ou
+
+    df = load_double_ou(30, seed=1)
+    model = make().fit(df)
+    assert clone(model).get_params() == model.get_params() and not hasattr(clone(model), "codec_")
+    fc = model.forecast(df, horizon=[0.5, 1.0], n_samples=400, seed=5)
+    means = model.predict(df, horizon=[0.5, 1.0])
+    assert list(means.columns) == ["unique_id", "ds", "y1", "y2"] and len(means) == 60
+    # Every method reads the same draws: the default seed is random_state.
+    same = model.forecast(df, horizon=[0.5, 1.0])
+    np.testing.assert_allclose(means[["y1", "y2"]].to_numpy(), same.mean[["y1", "y2"]].to_numpy())
+    q = model.predict_quantiles(df, horizon=[0.5, 1.0], quantiles=[0.1, 0.9], n_samples=400)
+    assert (q["y1_q10"] <= q["y1_q90"]).all() and (q["y1_q10"] < q["y1_q90"]).any()
+    table = model.predict_table(df, horizon=[0.5], quantiles=[0.5])
+    assert list(table.columns) == ["unique_id", "ds", "variable", "mean", "q50"] and len(table) == 60
+    interval = model.predict_interval(df, horizon=[0.5], coverage=[0.8])
+    assert (interval["y2_lower_80"] <= interval["y2_upper_80"]).all()
+    draws = model.sample(df, horizon=[0.5], n_samples=7, seed=5)
+    assert draws.shape == (7, 30, 2) and not np.array_equal(draws, fc.samples[:7, ::2])
+    with pytest.raises(ValueError, match="draws each query independently: use paths=False"):
+        model.forecast(df, horizon=[0.5], paths=True)
+    with pytest.raises(ValueError, match="n_samples must be a positive int"):
+        model.forecast(df, horizon=[0.5], n_samples=0)
+    assert np.isfinite(model.score(df))
+
+
+def test_an_unfitted_baseline_says_so():
+    with pytest.raises(ValueError, match="this SmoothedLevelBaseline is not fitted yet: call fit first"):
+        SmoothedLevelBaseline().predict(pd.DataFrame(), horizon=[1.0])

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -11,10 +12,12 @@ import pandas as pd
 import pytest
 
 from ctflow import Forecaster
-from ctflow.cli import main, split_last
+from ctflow.cli import build_parser, main, split_last
 from ctflow.data import load_double_ou
+from ctflow.image.cli import MODEL_NAMES
+from ctflow.models.settings import GRUODEBayesSettings
 
-FIT = ["--hidden-size", "8", "--max-epochs", "1", "--seed", "0"]
+FIT = ["--set", "hidden_size=8", "--max-epochs", "1", "--seed", "0"]
 
 
 @pytest.fixture(scope="module")
@@ -53,14 +56,36 @@ def test_fit_forecast_evaluate(files, tmp_path, capsys):
     assert result["score"] == pytest.approx(Forecaster.load(root / "model").score(df), rel=1e-9)
 
 
-def test_fit_passes_model_options(files, tmp_path):
+def test_fit_passes_model_settings(files, tmp_path):
     root = files[0]
-    options = '{"carry_forward": true, "forecast_cut": 0.5}'
-    argv = ["fit", str(root / "train.csv"), "--out", str(tmp_path / "m"), *FIT, "--model-options", options]
+    settings = ["--set", "carry_forward=true", "--set", "forecast_cut=0.25", "--set", "emission=mixlogistic"]
+    argv = ["fit", str(root / "train.csv"), "--out", str(tmp_path / "m"), *FIT, *settings]
     assert main(argv) == 0
     loaded = Forecaster.load(tmp_path / "m")
-    assert loaded.model_options == {"carry_forward": True, "forecast_cut": 0.5}
-    assert loaded.model_.carry_forward and loaded.model_.forecast_cut == 0.5
+    assert loaded.model.get_params() == {
+        **GRUODEBayesSettings.defaults(),
+        "hidden_size": 8,
+        "carry_forward": True,
+        "forecast_cut": 0.25,
+        "emission": "mixlogistic",
+    }
+    assert loaded.model_.carry_forward and loaded.model_.forecast_cut == 0.25
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        ("latent_dim=4", r"--set 'latent_dim=4': expected NAME=VALUE with NAME one of \['carry_forward'"),
+        ("hidden_size", r"--set 'hidden_size': expected NAME=VALUE"),
+        ("hidden_size=0", r"--set: hidden_size must be a positive int"),
+        ("emission=nope", r"--set: unknown emission .nope.; valid: gaussian, mixlogistic, maf"),
+    ],
+)
+def test_fit_rejects_bad_settings_before_reading_data(tmp_path, capsys, setting, message):
+    argv = ["fit", str(tmp_path / "missing.csv"), "--out", str(tmp_path / "m"), "--set", setting]
+    assert main(argv) == 2
+    assert re.search(message, capsys.readouterr().err)
+    assert not (tmp_path / "m").exists()
 
 
 def test_fit_trains_a_deep_ensemble(files, tmp_path):
@@ -138,11 +163,22 @@ def test_help(command, capsys):
 
 
 def test_image_command_is_wired_in(capsys):
-    pytest.importorskip("ctflow.image.cli")
     with pytest.raises(SystemExit) as exit_:
         main(["image", "--help"])
     assert exit_.value.code == 0
     assert "usage: ctflow image" in capsys.readouterr().out
+    with pytest.raises(SystemExit) as exit_:
+        main(["image", "train", "--help"])
+    assert exit_.value.code == 0
+    usage = capsys.readouterr().out
+    assert "usage: ctflow image train" in usage and f"{{{','.join(MODEL_NAMES)}}}" in usage
+
+
+def test_broken_image_module_fails_loudly(monkeypatch):
+    """A ``ctflow.image.cli`` that cannot be imported stops the parser from being built."""
+    monkeypatch.setitem(sys.modules, "ctflow.image.cli", None)
+    with pytest.raises(ImportError, match=r"ctflow\.image\.cli"):
+        build_parser()
 
 
 def test_python_dash_m():
@@ -167,17 +203,17 @@ def _bad_cases(root, tmp):
             "no value column 'y9'",
         ),
         "bad-epochs": (["fit", train, "--out", str(tmp / "m"), "--max-epochs", "0"], "max_epochs"),
-        "bad-model-options": (
-            ["fit", train, "--out", str(tmp / "m"), "--model-options", "{carry_forward: 1}"],
-            "--model-options must be a JSON object",
+        "bad-setting-value": (
+            ["fit", train, "--out", str(tmp / "m"), "--set", "carry_forward=1"],
+            "--set: carry_forward must be True or False, got 1",
         ),
-        "model-options-not-object": (
-            ["fit", train, "--out", str(tmp / "m"), "--model-options", "[1, 2]"],
-            "--model-options must be a JSON object, got list",
+        "setting-without-value": (
+            ["fit", train, "--out", str(tmp / "m"), "--set", "carry_forward"],
+            "--set 'carry_forward': expected NAME=VALUE",
         ),
-        "unknown-model-option": (
-            ["fit", train, "--out", str(tmp / "m"), "--model-options", '{"nope": 1}'],
-            "'nope'",
+        "unknown-setting": (
+            ["fit", train, "--out", str(tmp / "m"), "--set", "nope=1"],
+            "--set 'nope=1': expected NAME=VALUE with NAME one of",
         ),
         "not-dates": (["fit", train, "--out", str(tmp / "m"), "--datetime", "--time-col", "y1"], "y1"),
         "broken-csv": (["fit", str(tmp / "broken.csv"), "--out", str(tmp / "m")], "broken.csv"),
@@ -217,9 +253,9 @@ CASES = [
     "bad-id-col",
     "bad-value-col",
     "bad-epochs",
-    "bad-model-options",
-    "model-options-not-object",
-    "unknown-model-option",
+    "bad-setting-value",
+    "setting-without-value",
+    "unknown-setting",
     "not-dates",
     "broken-csv",
     "no-model",

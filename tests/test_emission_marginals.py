@@ -12,10 +12,11 @@ import torch
 from conftest import linear_growth_panel
 
 from ctflow import Forecaster
-from ctflow.flows.masked import LastValueEmission, make_emission
 from ctflow.flows.mixture_cdf import logistic_mixture_log_cdfs
 from ctflow.flows.numerics import solve_increasing
+from ctflow.models.emissions import LastValueEmission, make_emission
 from ctflow.models.latent_ode import MixturePredictive
+from ctflow.models.settings import GRUODEBayesSettings
 
 EMISSIONS = ["gaussian", "mixlogistic", "maf"]
 N_MC = 200_000
@@ -224,10 +225,11 @@ def test_solver_stops_at_the_float_resolution():
 
 # GRU-ODE-Bayes filters deterministically; a latent model's predictive is a new particle mixture
 # at every call, so its quantiles are checked against its own draws above.
-@pytest.mark.parametrize("params", [{"emission": "mixlogistic"}, {"emission": "maf"}])
-def test_forecaster_quantiles_are_exact_and_agree_with_samples(params):
+@pytest.mark.parametrize("emission", ["mixlogistic", "maf"])
+def test_forecaster_quantiles_are_exact_and_agree_with_samples(emission):
     df = linear_growth_panel()
-    est = Forecaster(**params, max_steps=20, eval_every=10, hidden_size=8, p_hidden=8, random_state=0)
+    model = GRUODEBayesSettings(emission=emission, hidden_size=8, p_hidden=8)
+    est = Forecaster(model=model, max_steps=20, eval_every=10, random_state=0)
     est.fit(df)
     q = est.predict_quantiles(df, horizon=[1.0, 2.0], quantiles=(0.1, 0.5, 0.9))
     assert list(q.columns[2:]) == ["a_q10", "a_q50", "a_q90", "b_q10", "b_q50", "b_q90"]
@@ -257,9 +259,8 @@ def test_forecaster_quantiles_are_exact_and_agree_with_samples(params):
 @pytest.fixture(scope="module")
 def fitted_mixture():
     df = linear_growth_panel(seed=3)
-    return df, Forecaster(
-        emission="mixlogistic", max_steps=30, eval_every=30, hidden_size=8, p_hidden=8, random_state=0
-    ).fit(df)
+    model = GRUODEBayesSettings(emission="mixlogistic", hidden_size=8, p_hidden=8)
+    return df, Forecaster(model=model, max_steps=30, eval_every=30, random_state=0).fit(df)
 
 
 def test_predictive_log_prob_integrates_to_one_in_data_units(fitted_mixture):
@@ -277,7 +278,8 @@ def test_predictive_log_prob_integrates_to_one_in_data_units(fitted_mixture):
 
 def test_predictive_log_prob_sums_over_observed_variables_and_matches_the_gaussian(fitted_mixture):
     df, _ = fitted_mixture
-    est = Forecaster(max_steps=30, eval_every=30, hidden_size=8, p_hidden=8, random_state=0).fit(df)
+    model = GRUODEBayesSettings(hidden_size=8, p_hidden=8)
+    est = Forecaster(model=model, max_steps=30, eval_every=30, random_state=0).fit(df)
     last = df.groupby("unique_id")["ds"].max()
     targets = pd.DataFrame({"unique_id": last.index, "ds": last.to_numpy() + 0.5})
     mean = est.predict(df, times=targets)

@@ -16,16 +16,28 @@ from sklearn.exceptions import NotFittedError
 
 from ctflow import Forecast, Forecaster
 from ctflow.data import load_double_ou
+from ctflow.models.settings import GRUODEBayesSettings
 
 matplotlib.use("Agg")
 
-SMALL = {"hidden_size": 8, "p_hidden": 8, "prep_hidden": 4, "max_epochs": 2, "n_samples": 64}
+SMALL_MODEL = {"hidden_size": 8, "p_hidden": 8, "prep_hidden": 4}
+SMALL = {"max_epochs": 2, "n_samples": 64}
 VALUES = ["y1", "y2"]
 START = pd.Timestamp("2021-03-01")
 
 
 def small(**params) -> Forecaster:
-    return Forecaster(**{**SMALL, "random_state": 0, **params})
+    """A small Forecaster; each call holds its own settings object (``set_params`` edits it)."""
+    model = GRUODEBayesSettings(**SMALL_MODEL)
+    return Forecaster(**{"model": model, **SMALL, "random_state": 0, **params})
+
+
+def params_of(est: Forecaster) -> dict:
+    """``get_params(deep=True)`` compared by value: the settings object becomes its class name
+    (its parameters are there as ``model__<name>``)."""
+    params = est.get_params(deep=True)
+    params["model"] = type(params["model"]).__name__
+    return params
 
 
 def as_datetime(df: pd.DataFrame) -> pd.DataFrame:
@@ -61,12 +73,15 @@ def last_times(df: pd.DataFrame) -> pd.Series:
 # --------------------------------------------------------------------------- scikit-learn API
 def test_get_set_params_and_clone(fitted):
     params = fitted.get_params()
-    assert params["hidden_size"] == 8 and params["random_state"] == 0 and params["model"] == "gru_ode_bayes"
+    assert params["model__hidden_size"] == 8 and params["random_state"] == 0
+    assert isinstance(params["model"], GRUODEBayesSettings)
     est = small()
-    assert est.set_params(hidden_size=4, lr=0.01) is est
-    assert (est.hidden_size, est.lr) == (4, 0.01)
+    assert est.set_params(model__hidden_size=4, lr=0.01) is est
+    assert (est.model.hidden_size, est.lr) == (4, 0.01)
+    assert fitted.model.hidden_size == 8  # each small() holds its own settings
     copy = clone(fitted)
-    assert copy.get_params() == params
+    assert copy.model is not fitted.model
+    assert params_of(copy) == params_of(fitted)
     assert not hasattr(copy, "model_")
     with pytest.raises(ValueError, match="nope"):
         est.set_params(nope=1)
@@ -82,7 +97,7 @@ def test_constructor_stores_parameters_only():
 
 def test_pickle_round_trip(fitted, ou):
     unfitted = pickle.loads(pickle.dumps(small(lr=0.02)))
-    assert unfitted.get_params() == small(lr=0.02).get_params()
+    assert params_of(unfitted) == params_of(small(lr=0.02))
     again = pickle.loads(pickle.dumps(fitted))
     pd.testing.assert_frame_equal(again.predict(ou, horizon=[1, 2]), fitted.predict(ou, horizon=[1, 2]))
 
@@ -247,9 +262,7 @@ def test_forecast_plot(fitted, ou):
 def test_fitted_model_beats_last_value_baseline():
     train, test = load_double_ou(200, seed=1), load_double_ou(60, seed=2)
     est = Forecaster(
-        hidden_size=16,
-        p_hidden=16,
-        prep_hidden=8,
+        model=GRUODEBayesSettings(hidden_size=16, p_hidden=16, prep_hidden=8),
         max_epochs=5,
         batch_size=16,
         lr=0.02,
@@ -278,7 +291,9 @@ def test_save_load_round_trip(fitted, ou, tmp_path, monkeypatch):
     path = fitted.save(tmp_path / "model")
     assert sorted(p.name for p in path.iterdir()) == ["config.json", "model.safetensors"]
     config = json.loads((path / "config.json").read_text())
-    assert config["params"] == fitted.get_params()
+    saved_params = dict(config["params"])
+    assert saved_params.pop("model") == {"name": "gru_ode_bayes", "params": fitted.model.get_params()}
+    assert saved_params == {k: v for k, v in fitted.get_params(deep=False).items() if k != "model"}
     weights = load_file(str(path / "model.safetensors"))
     assert weights.keys() == fitted.model_.state_dict().keys()
 
@@ -290,7 +305,7 @@ def test_save_load_round_trip(fitted, ou, tmp_path, monkeypatch):
     monkeypatch.setattr(torch, "load", no_pickle)
     loaded = Forecaster.load(path)
     monkeypatch.undo()
-    assert loaded.get_params() == fitted.get_params()
+    assert params_of(loaded) == params_of(fitted)
     pd.testing.assert_frame_equal(loaded.predict(ou, horizon=[1, 2]), fitted.predict(ou, horizon=[1, 2]))
     np.testing.assert_array_equal(loaded.sample(ou, horizon=[1]), fitted.sample(ou, horizon=[1]))
     assert loaded.score(ou) == pytest.approx(fitted.score(ou), abs=1e-12)
@@ -374,7 +389,7 @@ def _edit_config(path, edit) -> None:
             "model.safetensors is truncated or corrupt",
         ),
         (lambda p: (p / "model.safetensors").write_bytes(b""), "model.safetensors is truncated or corrupt"),
-        (lambda p: _edit_config(p, lambda c: c.update(format_version=2)), "format version 2"),
+        (lambda p: _edit_config(p, lambda c: c.update(format_version=99)), "format version 99"),
         (lambda p: _edit_config(p, lambda c: c.update(ctflow_version="7.0.0")), "saved by ctflow '7.0.0'"),
         (lambda p: _edit_config(p, lambda c: c.update(format="something.else")), "not a ctflow Forecaster"),
         (
@@ -412,7 +427,8 @@ def test_load_rejects_damaged_models(saved, damage, match):
 
 
 def test_load_rejects_weights_of_another_model(fitted, ou, tmp_path):
-    wider = small(hidden_size=12, max_epochs=1).fit(ou.iloc[:200]).save(tmp_path / "wider")
+    wider_model = GRUODEBayesSettings(**{**SMALL_MODEL, "hidden_size": 12})
+    wider = small(model=wider_model, max_epochs=1).fit(ou.iloc[:200]).save(tmp_path / "wider")
     target = fitted.save(tmp_path / "model")
     (target / "model.safetensors").write_bytes((wider / "model.safetensors").read_bytes())
     with pytest.raises(ValueError, match="does not match the configuration"):
@@ -485,12 +501,15 @@ def test_fit_rejects_bad_frames(case, ou, tmp_path, monkeypatch):
         ({"val_fraction": 1.5}, ValueError, "val_fraction"),
         ({"max_epochs": 0}, ValueError, "max_epochs"),
         ({"batch_size": 2.5}, ValueError, "batch_size"),
-        ({"model": "nope"}, ValueError, "unknown model 'nope'"),
-        ({"emission": "nope"}, ValueError, "unknown emission 'nope'"),
-        ({"step_size": "small"}, ValueError, "step_size"),
+        ({"model": "nope"}, ValueError, "unknown model 'nope'; valid: gru_ode_bayes, latent_ode, latent_sde"),
+        ({"model": 3}, TypeError, "model must be a model name"),
+        ({"model": GRUODEBayesSettings(emission="nope")}, ValueError, "emission"),
+        ({"model": GRUODEBayesSettings(step_size="small")}, ValueError, "step_size"),
+        ({"model": GRUODEBayesSettings(hidden_size=0)}, ValueError, "hidden_size"),
+        ({"model": GRUODEBayesSettings(emission_options=[1])}, TypeError, "emission_options"),
+        ({"model": {"name": "gru_ode_bayes", "latent_dim": 3}}, ValueError, "latent_dim"),
         ({"lr": -1.0}, ValueError, "lr"),
         ({"device": "tpu"}, ValueError, "device"),
-        ({"model_options": [1]}, TypeError, "model_options"),
     ],
 )
 def test_fit_rejects_bad_parameters(params, error, match, ou):

@@ -11,11 +11,13 @@ import torch
 from ctflow import Forecaster
 from ctflow.baselines import LastValueBaseline
 from ctflow.data import IrregularBatch, from_dataframe, holdout_last
-from ctflow.flows.masked import GaussianEmission
 from ctflow.metrics import crps_samples
 from ctflow.models import GRUODEBayes
+from ctflow.models.emissions import GaussianEmission
+from ctflow.models.settings import GRUODEBayesSettings, LatentODESettings, LatentSDESettings
 from ctflow.ode import SolverOptions, fixed_step_plan, integrate, integrate_intervals
-from ctflow.training import _data_order, evaluate_forecast_nll, fit_model
+from ctflow.trainer import data_order
+from ctflow.training import evaluate_forecast_nll, fit_model
 
 
 def ragged_batch(lengths: list[int], n_variables: int = 1, seed: int = 0) -> IrregularBatch:
@@ -69,7 +71,7 @@ def test_holdout_last_rejects_bad_fractions(fraction):
 
 def test_data_order_never_repeats_a_series_within_a_batch():
     generator = torch.Generator().manual_seed(0)
-    order = _data_order(5, 3, 8, generator)  # 5 series, batches of 4: two batches per pass
+    order = data_order(5, 3, 8, generator)  # 5 series, batches of 4: two batches per pass
     assert len(order) == 24
     for i in range(0, len(order), 4):
         batch = order[i : i + 4]
@@ -160,7 +162,8 @@ def test_linear_skip_emission_starts_as_persistence_with_unit_spread():
 
 def test_validation_report_compares_the_model_with_persistence():
     df = growth_curves(12, seed=3)
-    est = Forecaster(hidden_size=8, p_hidden=8, prep_hidden=4, max_steps=40, eval_every=20, random_state=0)
+    model = GRUODEBayesSettings(hidden_size=8, p_hidden=8, prep_hidden=4)
+    est = Forecaster(model=model, max_steps=40, eval_every=20, random_state=0)
     est.fit(df)
     report = est.validation_report_
     for key in ("model_crps", "model_nll", "model_coverage_80", "persistence_crps", "persistence_nll"):
@@ -174,7 +177,8 @@ def test_validation_report_compares_the_model_with_persistence():
 
 def test_validation_schemes_and_bad_values():
     df = growth_curves(8, seed=4)
-    common = {"hidden_size": 4, "p_hidden": 4, "prep_hidden": 2, "max_steps": 6, "eval_every": 3}
+    common = {"model": {"name": "gru_ode_bayes", "hidden_size": 4, "p_hidden": 4, "prep_hidden": 2}}
+    common.update(max_steps=6, eval_every=3)
     series = Forecaster(validation="series", random_state=0, **common).fit(df)
     assert series.validation_report_ is None and len(series.history_["val_loss"]) == 2
     plain = Forecaster(val_fraction=0.0, random_state=0, **common).fit(df)
@@ -201,7 +205,8 @@ def test_fit_runs_on_n_threads_and_restores_torch_setting(monkeypatch):
 
     monkeypatch.setattr(torch.optim.Adam, "step", step)
     df = growth_curves(6, seed=6)
-    common = {"hidden_size": 4, "p_hidden": 4, "max_steps": 3, "val_fraction": 0.0, "random_state": 0}
+    model = {"name": "gru_ode_bayes", "hidden_size": 4, "p_hidden": 4}
+    common = {"model": model, "max_steps": 3, "val_fraction": 0.0, "random_state": 0}
     before = torch.get_num_threads()
     torch.set_num_threads(2)
     try:
@@ -225,7 +230,8 @@ def test_automatic_weight_decay_is_a_prior_that_fades_with_the_data():
     assert Forecaster(weight_decay=0.0)._weight_decay(small) == 0.0
     # A fit on few values ends nearer its start (zero-initialised emission maps) than without it.
     df = growth_curves(8, seed=5)
-    common = {"hidden_size": 8, "p_hidden": 8, "max_steps": 60, "val_fraction": 0.0, "random_state": 0}
+    model = {"name": "gru_ode_bayes", "hidden_size": 8, "p_hidden": 8}
+    common = {"model": model, "max_steps": 60, "val_fraction": 0.0, "random_state": 0}
     norms = [
         torch.cat(
             [p.flatten() for p in Forecaster(weight_decay=wd, **common).fit(df).model_.emission.parameters()]
@@ -304,13 +310,18 @@ def test_gaussian_draws_stay_finite_for_contexts_far_outside_the_data():
 
 
 @pytest.mark.parametrize(
-    "params",
-    [{"emission": "mixlogistic"}, {"emission": "maf"}, {"model": "latent_ode"}, {"model": "latent_sde"}],
+    "model",
+    [
+        GRUODEBayesSettings(emission="mixlogistic", hidden_size=4, p_hidden=4, prep_hidden=2),
+        GRUODEBayesSettings(emission="maf", hidden_size=4, p_hidden=4, prep_hidden=2),
+        LatentODESettings(hidden_size=4, p_hidden=4, latent_dim=2),
+        LatentSDESettings(hidden_size=4, p_hidden=4, latent_dim=2),
+    ],
+    ids=["mixlogistic", "maf", "latent_ode", "latent_sde"],
 )
-def test_every_model_and_emission_validates_on_held_out_last_rows(params):
+def test_every_model_and_emission_validates_on_held_out_last_rows(model):
     df = growth_curves(8, seed=5)
-    small = {"hidden_size": 4, "p_hidden": 4, "prep_hidden": 2, "latent_dim": 2, "max_steps": 4}
-    est = Forecaster(eval_every=2, random_state=0, **small, **params).fit(df)
+    est = Forecaster(model=model, max_steps=4, eval_every=2, random_state=0).fit(df)
     assert len(est.history_["selection"]["val_loss"]) == 2
     assert np.isfinite(est.validation_report_["model_crps"])
     assert est.predict(df, horizon=[1.0]).shape == (8, 3)

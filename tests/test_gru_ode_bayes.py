@@ -20,8 +20,9 @@ from ctflow.data import (
     truncate,
 )
 from ctflow.dynamics import GRUODECell
-from ctflow.flows.masked import EMISSIONS, GaussianEmission, LastValueEmission, make_emission
 from ctflow.models import GRUODEBayes
+from ctflow.models.emissions import EMISSIONS, GaussianEmission, LastValueEmission, make_emission
+from ctflow.models.settings import GRUODEBayesSettings
 from ctflow.ode import SolverOptions, integrate_intervals
 
 # ---------------------------------------------------------------- emissions over observed subsets
@@ -321,14 +322,8 @@ def test_carry_forward_with_no_change_forecasts_the_last_value():
 
 def test_carry_forward_fits_and_round_trips_in_the_forecaster(tmp_path):
     df = load_double_ou(60, seed=0)
-    model = Forecaster(
-        hidden_size=8,
-        p_hidden=8,
-        prep_hidden=8,
-        max_epochs=2,
-        model_options={"carry_forward": True},
-        random_state=0,
-    ).fit(df)
+    settings = GRUODEBayesSettings(hidden_size=8, p_hidden=8, prep_hidden=8, carry_forward=True)
+    model = Forecaster(model=settings, max_epochs=2, random_state=0).fit(df)
     assert model.model_.carry_forward
     model.save(tmp_path / "m")
     loaded = Forecaster.load(tmp_path / "m")

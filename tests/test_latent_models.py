@@ -14,8 +14,9 @@ from torch import nn
 from ctflow import Forecaster
 from ctflow.data import IrregularBatch, load_double_ou
 from ctflow.dynamics.odernn import ODERNNEncoder, reverse_series
-from ctflow.flows.masked import GaussianEmission, MaskedEmission
 from ctflow.models import LatentODE, LatentSDE, Posterior
+from ctflow.models.emissions import GaussianEmission, MaskedEmission
+from ctflow.models.settings import model_settings
 
 RK4 = {"method": "rk4", "step_size": 0.01}
 
@@ -350,16 +351,16 @@ def test_reverse_series_and_encoder_states_are_causal_backwards():
 @pytest.mark.parametrize(("model", "posterior"), [("latent_ode", "iaf"), ("latent_sde", "gaussian")])
 def test_forecaster_with_latent_models(tmp_path, model, posterior):
     df = load_double_ou(60, seed=1)
-    est = Forecaster(
-        model=model,
-        posterior=posterior,
-        hidden_size=8,
-        p_hidden=8,
-        latent_dim=4,
-        max_epochs=2,
-        random_state=0,
-        model_options={"n_particles": 16, "eval_samples": 8},
-    ).fit(df)
+    settings = {
+        "name": model,
+        "posterior": posterior,
+        "hidden_size": 8,
+        "p_hidden": 8,
+        "latent_dim": 4,
+        "n_particles": 16,
+        "eval_samples": 8,
+    }
+    est = Forecaster(model=settings, max_epochs=2, random_state=0).fit(df)
     context = df[df["unique_id"] < 5]
     q = est.predict_quantiles(context, horizon=[0.5, 1.0], quantiles=(0.1, 0.5, 0.9))
     assert (q["y1_q10"] <= q["y1_q50"]).all() and (q["y1_q50"] <= q["y1_q90"]).all()
@@ -368,6 +369,7 @@ def test_forecaster_with_latent_models(tmp_path, model, posterior):
     assert np.isfinite(est.score(context))
     est.save(tmp_path / "m")
     loaded = Forecaster.load(tmp_path / "m")
+    assert loaded.model.get_params() == model_settings(settings).get_params()
     a = est.predict(context, horizon=[0.5])
     b = loaded.predict(context, horizon=[0.5])
     np.testing.assert_allclose(a[["y1", "y2"]].to_numpy(), b[["y1", "y2"]].to_numpy(), rtol=1e-5, atol=1e-6)

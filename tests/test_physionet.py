@@ -13,6 +13,7 @@ import pytest
 
 from ctflow import Forecaster
 from ctflow.data import PHYSIONET2012_VARIABLES, load_physionet2012
+from ctflow.models.settings import GRUODEBayesSettings
 from experiments.physionet2012 import (
     cut_context_targets,
     joint_nll,
@@ -307,9 +308,8 @@ def test_last_value_mse_by_hand() -> None:
 def test_forecaster_scores_on_the_protocol() -> None:
     frame = synthetic(12)
     context, targets, _ = cut_context_targets(frame, observe_until=6.0, n_targets=1)
-    est = Forecaster(
-        max_epochs=1, hidden_size=4, p_hidden=4, prep_hidden=4, val_fraction=0.0, random_state=0, device="cpu"
-    ).fit(frame)
+    model = GRUODEBayesSettings(hidden_size=4, p_hidden=4, prep_hidden=4)
+    est = Forecaster(model=model, max_epochs=1, val_fraction=0.0, random_state=0, device="cpu").fit(frame)
     fc = est.forecast(context, times=targets[["unique_id", "ds"]], n_samples=50, seed=0)
     out = score_forecast(fc, targets)
     y = targets[["a", "b"]].to_numpy()

@@ -4,6 +4,7 @@ training of the shared training loop."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import pickle
 import signal
@@ -67,7 +68,7 @@ def test_resume_after_an_interruption_reproduces_the_uninterrupted_run(tmp_path)
     ckpt = tmp_path / "state.pt"
     with pytest.raises(KeyboardInterrupt):
         fit_model(model, data, checkpoint=ckpt, checkpoint_every=2, **FIT)
-    assert load_checkpoint(ckpt)["loop"]["attempted"] == 6
+    assert load_checkpoint(ckpt)["trainer"]["attempted"] == 6
 
     resumed = _model()
     hist = fit_model(resumed, data, checkpoint=ckpt, checkpoint_every=2, resume=True, **FIT)
@@ -115,7 +116,7 @@ def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(tmp_path):
     killed = _run_script(tmp_path, True, tmp_path / "never.pt", ckpt)
     assert killed.returncode == -signal.SIGKILL
     assert not (tmp_path / "never.pt").exists()
-    assert load_checkpoint(ckpt)["loop"]["attempted"] == 9  # last checkpoint before the kill
+    assert load_checkpoint(ckpt)["trainer"]["attempted"] == 10  # the end of epoch 2, before the kill
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
     resumed = _run_script(tmp_path, False, tmp_path / "resumed.pt", ckpt)
     assert resumed.returncode == 0, resumed.stderr.decode()[-2000:]
@@ -187,8 +188,9 @@ def test_loading_a_checkpoint_never_runs_code_from_the_file(tmp_path):
 def test_log_path_gets_one_record_per_epoch(tmp_path):
     log = tmp_path / "log.json"
     fit_model(_model(), _data(), epochs=2, batch_size=8, seed=0, log_path=log, val=_data(8))
-    record = json.loads(log.read_text())
-    assert record["epochs"] == 2 and len(record["train_loss"]) == 2 and len(record["val_loss"]) == 2
+    records = json.loads(log.read_text())
+    assert [r["epoch"] for r in records] == [1, 2] and all(r["complete"] for r in records)
+    assert all(math.isfinite(r["train_loss"]) and math.isfinite(r["val_loss"]) for r in records)
 
 
 # ---------------------------------------------------------------------------------------------

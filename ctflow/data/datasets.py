@@ -11,12 +11,13 @@ Pass the frames to :func:`ctflow.data.irregular.from_dataframe` to get tensors.
 from __future__ import annotations
 
 import importlib.resources
-import numbers
 from pathlib import Path
 from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
+
+from ..checks import choice, in_interval, positive_int
 
 __all__ = [
     "OULatent",
@@ -36,12 +37,6 @@ class OULatent(NamedTuple):
     paths: np.ndarray  # (n_series, G, 2) latent state on the grid (paths[:, 0] = x0)
     means: np.ndarray  # (n_series, 2) long-run mean of each series
     noise: np.ndarray  # (n_series, G - 1, 2) the correlated Brownian increments dW of each step
-
-
-def _positive_int(name: str, value: int) -> int:
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return int(value)
 
 
 def load_double_ou(
@@ -79,20 +74,69 @@ def load_double_ou(
     Returns a long frame with columns ``unique_id`` (int, ``0 .. n_series-1``), ``ds`` (float),
     ``y1``, ``y2`` (NaN where not observed), sorted by id and time; with ``return_latent=True``
     also an :class:`OULatent` with the full paths. The same ``seed`` gives the same frame.
+
+    >>> from ctflow.data import load_double_ou
+    >>> df = load_double_ou(3, seed=0)
+    >>> len(df), df["unique_id"].nunique()
+    (53, 3)
+    >>> df.head(3).round(3)
+       unique_id    ds     y1     y2
+    0          0  0.60  0.579 -0.501
+    1          0  0.75    NaN -0.625
+    2          0  1.05  0.717    NaN
     """
-    n_series = _positive_int("n_series", n_series)
-    min_obs, max_obs = _positive_int("min_obs", min_obs), _positive_int("max_obs", max_obs)
+    n_series, min_obs, max_obs, n_steps, rho = _double_ou_args(
+        n_series, t_max, dt, rho, min_obs, max_obs, p_both, p_first
+    )
+    rng = np.random.default_rng(seed)
+    means, noise, paths = _simulate_double_ou(
+        rng, n_series, n_steps, dt, theta, sigma, rho, mean, mean_spread
+    )
+    grid = np.round(np.arange(n_steps + 1) * dt, 12)  # 0.15, not 0.15000000000000002
+    series, step = _observation_steps(rng, n_series, n_steps, min_obs, max_obs)
+    frame = _observe(rng, paths, grid, series, step, obs_noise, p_both, p_first)
+    if not return_latent:
+        return frame
+    latent = OULatent(times=grid, paths=paths.transpose(1, 0, 2), means=means, noise=noise.transpose(1, 0, 2))
+    return frame, latent
+
+
+def _double_ou_args(
+    n_series: int,
+    t_max: float,
+    dt: float,
+    rho: float,
+    min_obs: int,
+    max_obs: int,
+    p_both: float,
+    p_first: float,
+) -> tuple[int, int, int, int, float]:
+    """Validate the arguments of :func:`load_double_ou`; return them with the number of steps."""
+    n_series = positive_int(n_series, "n_series")
+    min_obs, max_obs = positive_int(min_obs, "min_obs"), positive_int(max_obs, "max_obs")
     n_steps = round(t_max / dt)
     if n_steps < 1 or not np.isclose(n_steps * dt, t_max):
         raise ValueError(f"t_max = {t_max} must be a positive multiple of dt = {dt}")
     if not min_obs <= max_obs <= n_steps:
         raise ValueError(f"need min_obs <= max_obs <= {n_steps} grid points, got {min_obs}, {max_obs}")
-    if not -1 <= rho <= 1:
-        raise ValueError(f"rho must lie in [-1, 1], got {rho}")
+    rho = in_interval(rho, "rho", -1, 1, closed="both")
     if p_both < 0 or p_first < 0 or p_both + p_first > 1:
         raise ValueError(f"need p_both, p_first >= 0 and p_both + p_first <= 1, got {p_both}, {p_first}")
-    rng = np.random.default_rng(seed)
+    return n_series, min_obs, max_obs, n_steps, rho
 
+
+def _simulate_double_ou(
+    rng: np.random.Generator,
+    n_series: int,
+    n_steps: int,
+    dt: float,
+    theta: float,
+    sigma: float,
+    rho: float,
+    mean: tuple[float, float],
+    mean_spread: float,
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Draw the means and correlated increments; return ``(means, noise, paths)`` (Euler-Maruyama)."""
     means = np.asarray(mean, dtype=np.float64) + rng.uniform(-mean_spread, mean_spread, size=(n_series, 2))
     z = rng.standard_normal((n_steps, n_series, 2))
     noise = np.empty_like(z)
@@ -107,9 +151,14 @@ def load_double_ou(
         np.multiply(paths[k], keep, out=paths[k + 1])
         paths[k + 1] += drift
         paths[k + 1] += sigma * noise[k]
-    grid = np.round(np.arange(n_steps + 1) * dt, 12)  # 0.15, not 0.15000000000000002
+    return means, noise, paths
 
-    # Observation times: a uniform random subset of k_i grid points (indices 1..n_steps) per series.
+
+def _observation_steps(
+    rng: np.random.Generator, n_series: int, n_steps: int, min_obs: int, max_obs: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Draw the observed grid indices; return the series and grid index (1..n_steps) of each row."""
+    # A uniform random subset of k_i grid points (indices 1..n_steps) per series.
     n_obs = rng.integers(min_obs, max_obs + 1, size=n_series)
     keys = rng.random((n_series, n_steps))
     if max_obs < n_steps:
@@ -123,14 +172,27 @@ def load_double_ou(
     idx = np.sort(np.where(chosen, by_key, n_steps), axis=1)
     series = np.repeat(np.arange(n_series), n_obs)
     step = idx[chosen] + 1  # grid index in 1..n_steps
+    return series, step
 
+
+def _observe(
+    rng: np.random.Generator,
+    paths: np.ndarray,
+    grid: np.ndarray,
+    series: np.ndarray,
+    step: np.ndarray,
+    obs_noise: float,
+    p_both: float,
+    p_first: float,
+) -> pd.DataFrame:
+    """Read the paths at the observed steps, add noise and drop the unobserved dimension."""
     values = paths[step, series]  # (rows, 2)
     if obs_noise > 0:
         values = values + obs_noise * rng.standard_normal(values.shape)
     u = rng.random(len(step))
     observe_1 = u < p_both + p_first
     observe_2 = (u < p_both) | (u >= p_both + p_first)
-    frame = pd.DataFrame(
+    return pd.DataFrame(
         {
             "unique_id": series,
             "ds": grid[step],
@@ -138,10 +200,6 @@ def load_double_ou(
             "y2": np.where(observe_2, values[:, 1], np.nan),
         }
     )
-    if not return_latent:
-        return frame
-    latent = OULatent(times=grid, paths=paths.transpose(1, 0, 2), means=means, noise=noise.transpose(1, 0, 2))
-    return frame, latent
 
 
 # ---------------------------------------------------------------------- pbcseq
@@ -194,8 +252,7 @@ def load_pbcseq(log_transform: bool = False, time_unit: str = "days", static: bo
     sorted by patient and day. Extra visits (often prompted by a worsening condition) did not
     always include all labs, so missingness may be informative.
     """
-    if time_unit not in ("days", "years"):
-        raise ValueError(f"time_unit must be 'days' or 'years', got {time_unit!r}")
+    choice(time_unit, "time_unit", ("days", "years"))
     raw = pd.read_csv(data_path("pbcseq.csv"))
     out = pd.DataFrame(
         {

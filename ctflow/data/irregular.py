@@ -31,6 +31,8 @@ import pandas as pd
 import torch
 from torch import Tensor
 
+from ..checks import in_interval, positive_int
+
 __all__ = [
     "IrregularBatch",
     "collate",
@@ -113,6 +115,18 @@ class IrregularBatch:
 
     # ------------------------------------------------------------------ validation
     def _check(self) -> None:
+        """Raise a ValueError naming the first invariant (see the class docstring) that fails."""
+        self._check_shapes()
+        self._check_static()
+        self._check_device()
+        self._check_mask_and_values()
+        self._check_times()
+        if len(pd.unique(self.ids)) != len(self):
+            dup = pd.Series(self.ids)[pd.Series(self.ids).duplicated()].iloc[0]
+            raise ValueError(f"series ids must be unique; {_show(dup)} appears more than once")
+
+    def _check_shapes(self) -> None:
+        """Check the shapes of the tensors, ids and variable names, and the tensor dtypes."""
         batch, n_rows, dim = self.values.shape
         if tuple(self.times.shape) != (batch, n_rows):
             raise ValueError(
@@ -131,30 +145,39 @@ class IrregularBatch:
         for name in ("times", "values", "mask"):
             if not getattr(self, name).is_floating_point():
                 raise ValueError(f"{name} must be a floating tensor, got {getattr(self, name).dtype}")
-        tensors = {"times": self.times, "values": self.values, "mask": self.mask, "lengths": self.lengths}
+
+    def _check_static(self) -> None:
+        """Check the static covariates: a finite floating ``(B, S)`` tensor with ``S`` names."""
+        batch = self.values.shape[0]
+        if self.static is None:
+            if self.static_names is not None:
+                raise ValueError("static_names given without static covariates")
+            return
+        if not isinstance(self.static, Tensor) or self.static.ndim != 2 or self.static.shape[0] != batch:
+            shape = tuple(self.static.shape) if isinstance(self.static, Tensor) else type(self.static)
+            raise ValueError(f"static must be a (B, S) = ({batch}, S) tensor, got {shape}")
+        if not self.static.is_floating_point():
+            raise ValueError(f"static must be a floating tensor, got {self.static.dtype}")
+        if self.static_names is None or len(self.static_names) != self.static.shape[1]:
+            raise ValueError(
+                f"static_names must name the {self.static.shape[1]} static columns, got {self.static_names}"
+            )
+        if not torch.isfinite(self.static).all():
+            row = int(torch.nonzero(~torch.isfinite(self.static))[0, 0])
+            raise ValueError(f"static covariates must be finite; series {_show(self.ids[row])} has NaN/inf")
+
+    def _check_device(self) -> None:
+        """Check that every tensor lies on one device."""
+        tensors = [self.times, self.values, self.mask, self.lengths]
         if self.static is not None:
-            if not isinstance(self.static, Tensor) or self.static.ndim != 2 or self.static.shape[0] != batch:
-                shape = tuple(self.static.shape) if isinstance(self.static, Tensor) else type(self.static)
-                raise ValueError(f"static must be a (B, S) = ({batch}, S) tensor, got {shape}")
-            if not self.static.is_floating_point():
-                raise ValueError(f"static must be a floating tensor, got {self.static.dtype}")
-            if self.static_names is None or len(self.static_names) != self.static.shape[1]:
-                raise ValueError(
-                    f"static_names must name the {self.static.shape[1]} static columns, "
-                    f"got {self.static_names}"
-                )
-            if not torch.isfinite(self.static).all():
-                row = int(torch.nonzero(~torch.isfinite(self.static))[0, 0])
-                raise ValueError(
-                    f"static covariates must be finite; series {_show(self.ids[row])} has NaN/inf"
-                )
-            tensors["static"] = self.static
-        elif self.static_names is not None:
-            raise ValueError("static_names given without static covariates")
-        devices = {t.device for t in tensors.values()}
+            tensors.append(self.static)
+        devices = {t.device for t in tensors}
         if len(devices) > 1:
             raise ValueError(f"all tensors must be on one device, got {sorted(map(str, devices))}")
 
+    def _check_mask_and_values(self) -> None:
+        """Check the lengths, that the mask is 0/1 and 0 on padding, and that values are finite."""
+        batch, n_rows, _ = self.values.shape
         lengths = self.lengths
         if batch and (lengths.min() < 0 or lengths.max() > n_rows):
             raise ValueError(f"lengths must lie in [0, N = {n_rows}], got {lengths.min()}..{lengths.max()}")
@@ -180,10 +203,14 @@ class IrregularBatch:
                 f"values must be finite; {where} entry of series {_show(self.ids[b])}, row {i}, "
                 f"variable {self.variables[d]!r} is {float(self.values[b, i, d])}"
             )
+
+    def _check_times(self) -> None:
+        """Check that times are finite, non-decreasing, and repeat the last time on padding."""
+        pad = self.pad_mask
         if not torch.isfinite(self.times[pad]).all():
             b = int(torch.nonzero(~torch.isfinite(self.times) & pad)[0, 0])
             raise ValueError(f"times must be finite (series {_show(self.ids[b])})")
-        if n_rows > 1:
+        if self.values.shape[1] > 1:
             step_valid = pad[:, 1:]
             decreasing = (self.times[:, 1:] < self.times[:, :-1]) & step_valid
             if decreasing.any():
@@ -192,7 +219,7 @@ class IrregularBatch:
                     f"times must be non-decreasing within each series: series {_show(self.ids[b])} goes from "
                     f"{float(self.times[b, i])} to {float(self.times[b, i + 1])} at row {i + 1}"
                 )
-        expected = _padded_times(self.times, lengths)
+        expected = _padded_times(self.times, self.lengths)
         wrong = (self.times != expected) & ~pad
         if wrong.any():
             b = int(torch.nonzero(wrong)[0, 0])
@@ -200,9 +227,6 @@ class IrregularBatch:
                 "padding times (rows past the length) must repeat the series' last time "
                 f"(0 for an empty series); series {_show(self.ids[b])} does not"
             )
-        if len(pd.unique(self.ids)) != batch:
-            dup = pd.Series(self.ids)[pd.Series(self.ids).duplicated()].iloc[0]
-            raise ValueError(f"series ids must be unique; {_show(dup)} appears more than once")
 
     # ------------------------------------------------------------------ properties
     def __len__(self) -> int:
@@ -435,10 +459,63 @@ def from_dataframe(
     The round trip is exact: ``to_dataframe(from_dataframe(df))`` equals ``df`` sorted, with
     all-NaN rows dropped, columns ordered id, time, values, static, and times/values/static as
     float64 (provided the numbers are representable in ``dtype``, always true for float64).
+
+    >>> import numpy as np, pandas as pd
+    >>> from ctflow.data import from_dataframe
+    >>> df = pd.DataFrame({"unique_id": ["b", "a", "a"], "ds": [0.5, 1.5, 0.0],
+    ...                    "y": [2.0, np.nan, 1.0], "z": [np.nan, 3.0, 4.0]})
+    >>> batch = from_dataframe(df)
+    >>> batch.ids.tolist(), batch.lengths
+    (['a', 'b'], tensor([2, 1]))
+    >>> batch.times  # series "b" is padded with its last time
+    tensor([[0.0000, 1.5000],
+            [0.5000, 0.5000]])
+    >>> batch.mask[0]  # series "a": one row per time, one column per variable (y, z)
+    tensor([[1., 1.],
+            [0., 1.]])
     """
     _check_dtype(dtype)
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"df must be a pandas DataFrame, got {type(df).__name__}")
+    value_list, static_list = _frame_columns(df, id_col, time_col, value_cols, static_cols)
+    values, times, static, ids, row_labels = _frame_arrays(df, id_col, time_col, value_list, static_list)
+    values, times, static, ids, row_labels = _observed_rows(values, times, static, ids, row_labels)
+    codes, id_values, order = _sort_rows(ids, times)
+    times, values, row_labels = times[order], values[order], row_labels[order]
+    static = static[order] if static is not None else None
+    counts = np.bincount(codes, minlength=len(id_values))
+    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+    cast = _cast_times(times, codes, id_values, row_labels, dtype)
+    static_t = None
+    if static is not None:
+        first = _static_per_series(static, static_list, codes, starts, id_values, row_labels)
+        static_t = torch.from_numpy(first.astype(cast.dtype))
+    times_pad, values_pad, mask_pad = _pad_rows(values, cast, codes, counts, starts)
+
+    return IrregularBatch(
+        times=torch.from_numpy(times_pad),
+        values=torch.from_numpy(values_pad),
+        mask=torch.from_numpy(mask_pad),
+        lengths=torch.from_numpy(counts.astype(np.int64)),
+        ids=id_values,
+        variables=[str(c) for c in value_list],
+        static=static_t,
+        static_names=[str(c) for c in static_list] if static_list else None,
+        id_col=id_col,
+        time_col=time_col,
+        id_dtype=df[id_col].dtype,
+        validate=False,
+    )
+
+
+def _frame_columns(
+    df: pd.DataFrame,
+    id_col: str,
+    time_col: str,
+    value_cols: Sequence[str] | str | None,
+    static_cols: Sequence[str] | str | None,
+) -> tuple[list, list]:
+    """Resolve and check the value and static columns of :func:`from_dataframe`."""
     value_cols = [value_cols] if isinstance(value_cols, str) else value_cols
     static_cols = [static_cols] if isinstance(static_cols, str) else static_cols
     static_list = list(static_cols) if static_cols is not None else []
@@ -459,19 +536,23 @@ def from_dataframe(
     if df.columns.duplicated().any():
         dup = sorted({str(c) for c in df.columns[df.columns.duplicated()]})
         raise ValueError(f"duplicated column names in the DataFrame: {dup}")
-
     _numeric_check(df, time_col, "time")
     for col in value_list:
         _numeric_check(df, col, "value")
     for col in static_list:
         _numeric_check(df, col, "static")
+    return value_list, static_list
 
+
+def _frame_arrays(
+    df: pd.DataFrame, id_col: str, time_col: str, value_list: list, static_list: list
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, pd.Series, pd.Index]:
+    """The float64 values, times and static columns, the ids and row labels; no inf, NaN time or id."""
     values = df[value_list].to_numpy(dtype=np.float64, na_value=np.nan)
     times = df[time_col].to_numpy(dtype=np.float64, na_value=np.nan)
     static = df[static_list].to_numpy(dtype=np.float64, na_value=np.nan) if static_list else None
     ids = df[id_col]
     row_labels = df.index
-
     inf = np.isinf(values)
     if inf.any():
         r, c = np.argwhere(inf)[0]
@@ -485,7 +566,13 @@ def from_dataframe(
     if ids.isna().any():
         r = np.flatnonzero(ids.isna().to_numpy())[0]
         raise ValueError(f"id column {id_col!r} has a missing value at row {_show(row_labels[r])}")
+    return values, times, static, ids, row_labels
 
+
+def _observed_rows(
+    values: np.ndarray, times: np.ndarray, static: np.ndarray | None, ids: pd.Series, row_labels: pd.Index
+) -> tuple[np.ndarray, np.ndarray, np.ndarray | None, pd.Series, pd.Index]:
+    """Drop the rows whose values are all NaN; raise if no row is left."""
     keep = ~np.isnan(values).all(axis=1)
     if not keep.all():
         values, times, row_labels = values[keep], times[keep], row_labels[keep]
@@ -493,20 +580,23 @@ def from_dataframe(
         static = static[keep] if static is not None else None
     if len(values) == 0:
         raise ValueError("the DataFrame has no observed value (every row is all-NaN or it is empty)")
+    return values, times, static, ids, row_labels
 
+
+def _sort_rows(ids: pd.Series, times: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Series codes (sorted ids, else first appearance), unique ids, and the row order by id then time."""
     try:
         codes, uniques = pd.factorize(ids, sort=True)
     except TypeError:
         codes, uniques = pd.factorize(ids, sort=False)
-    id_values = np.asarray(uniques)
     order = np.lexsort((times, codes))
-    codes, times, values = codes[order], times[order], values[order]
-    row_labels = row_labels[order]
-    static = static[order] if static is not None else None
+    return codes[order], np.asarray(uniques), order
 
-    n_series = len(id_values)
-    counts = np.bincount(codes, minlength=n_series)
-    starts = np.concatenate(([0], np.cumsum(counts)[:-1]))
+
+def _cast_times(
+    times: np.ndarray, codes: np.ndarray, id_values: np.ndarray, row_labels: pd.Index, dtype: torch.dtype
+) -> np.ndarray:
+    """The sorted times cast to ``dtype``; raise if a series repeats a time or two collide in ``dtype``."""
     same_series = codes[1:] == codes[:-1]
     dup = same_series & (times[1:] == times[:-1])
     if dup.any():
@@ -526,50 +616,50 @@ def from_dataframe(
             f"{_show(id_values[codes[r]])} become equal in {dtype}; pass dtype=torch.float64 or "
             "shift/rescale the times"
         )
+    return cast
 
-    static_t = None
-    if static is not None:
-        nan_static = np.isnan(static)
-        if nan_static.any():
-            r, c = np.argwhere(nan_static)[0]
-            raise ValueError(
-                f"static column {static_list[c]!r} is missing for series {_show(id_values[codes[r]])} "
-                f"(row {_show(row_labels[r])})"
-            )
-        first = static[starts]
-        varying = static != first[codes]
-        if varying.any():
-            r, c = np.argwhere(varying)[0]
-            raise ValueError(
-                f"static column {static_list[c]!r} is not constant within series {_show(id_values[codes[r]])}"
-            )
-        static_t = torch.from_numpy(first.astype(np_dtype))
 
-    n_rows = int(counts.max())
+def _static_per_series(
+    static: np.ndarray,
+    static_list: list,
+    codes: np.ndarray,
+    starts: np.ndarray,
+    id_values: np.ndarray,
+    row_labels: pd.Index,
+) -> np.ndarray:
+    """The ``(B, S)`` static covariates of each series; raise if one is missing or varies in a series."""
+    nan_static = np.isnan(static)
+    if nan_static.any():
+        r, c = np.argwhere(nan_static)[0]
+        raise ValueError(
+            f"static column {static_list[c]!r} is missing for series {_show(id_values[codes[r]])} "
+            f"(row {_show(row_labels[r])})"
+        )
+    first = static[starts]
+    varying = static != first[codes]
+    if varying.any():
+        r, c = np.argwhere(varying)[0]
+        raise ValueError(
+            f"static column {static_list[c]!r} is not constant within series {_show(id_values[codes[r]])}"
+        )
+    return first
+
+
+def _pad_rows(
+    values: np.ndarray, cast: np.ndarray, codes: np.ndarray, counts: np.ndarray, starts: np.ndarray
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Padded ``(times, values, mask)`` arrays of the sorted rows, in the dtype of ``cast``."""
+    n_series, n_rows = len(counts), int(counts.max())
     pos = np.arange(len(codes)) - starts[codes]
     mask = ~np.isnan(values)
-    values_pad = np.zeros((n_series, n_rows, len(value_list)), dtype=np_dtype)
-    mask_pad = np.zeros((n_series, n_rows, len(value_list)), dtype=np_dtype)
+    values_pad = np.zeros((n_series, n_rows, values.shape[1]), dtype=cast.dtype)
+    mask_pad = np.zeros((n_series, n_rows, values.shape[1]), dtype=cast.dtype)
     values_pad[codes, pos] = np.where(mask, values, 0.0)
     mask_pad[codes, pos] = mask
     last_time = cast[starts + counts - 1]
     times_pad = np.repeat(last_time[:, None], n_rows, axis=1)
     times_pad[codes, pos] = cast
-
-    return IrregularBatch(
-        times=torch.from_numpy(times_pad),
-        values=torch.from_numpy(values_pad),
-        mask=torch.from_numpy(mask_pad),
-        lengths=torch.from_numpy(counts.astype(np.int64)),
-        ids=id_values,
-        variables=[str(c) for c in value_list],
-        static=static_t,
-        static_names=[str(c) for c in static_list] if static_list else None,
-        id_col=id_col,
-        time_col=time_col,
-        id_dtype=df[id_col].dtype,
-        validate=False,
-    )
+    return times_pad, values_pad, mask_pad
 
 
 def to_dataframe(batch: IrregularBatch, include_static: bool = True) -> pd.DataFrame:
@@ -662,8 +752,7 @@ def iterate_batches(
     ``torch.Generator`` or an int seed); every series appears exactly once per pass (the last
     sub-batch is smaller unless ``drop_last``).
     """
-    if isinstance(batch_size, bool) or not isinstance(batch_size, numbers.Integral) or batch_size < 1:
-        raise ValueError(f"batch_size must be a positive int, got {batch_size!r}")
+    batch_size = positive_int(batch_size, "batch_size")
     n = len(batch)
     if shuffle:
         if isinstance(generator, numbers.Integral):
@@ -687,9 +776,8 @@ def split_series(
     their original order; each part is trimmed to its longest series.
     """
     if isinstance(fractions, numbers.Real):
-        if not 0 < float(fractions) < 1:
-            raise ValueError(f"the validation fraction must lie in (0, 1), got {fractions}")
-        fracs = np.array([1.0 - float(fractions), float(fractions)])
+        val = in_interval(fractions, "the validation fraction", 0, 1, closed="neither")
+        fracs = np.array([1.0 - val, val])
     else:
         fracs = np.asarray(list(fractions), dtype=np.float64)
         if fracs.ndim != 1 or len(fracs) < 2 or (fracs <= 0).any() or abs(fracs.sum() - 1) > 1e-6:
@@ -719,8 +807,7 @@ def truncate(
     ``t_max``. ``t_max`` is a scalar or a ``(B,)`` tensor (one cut per series). With
     ``drop_no_target`` the series with no observation after ``t_max`` are removed from both.
     """
-    if isinstance(n_targets, bool) or not isinstance(n_targets, numbers.Integral) or n_targets < 1:
-        raise ValueError(f"n_targets must be a positive int, got {n_targets!r}")
+    n_targets = positive_int(n_targets, "n_targets")
     cut = torch.as_tensor(t_max, dtype=batch.times.dtype, device=batch.times.device)
     if cut.ndim == 0:
         cut = cut.expand(len(batch))
@@ -751,10 +838,8 @@ def holdout_last(
     targets. Unlike :func:`split_series`, every series contributes to both parts, so validation
     stays meaningful with a handful of series.
     """
-    if not isinstance(fraction, numbers.Real) or not 0 < float(fraction) < 1:
-        raise ValueError(f"fraction must lie in (0, 1), got {fraction!r}")
-    if isinstance(min_context, bool) or not isinstance(min_context, numbers.Integral) or min_context < 1:
-        raise ValueError(f"min_context must be a positive int, got {min_context!r}")
+    fraction = in_interval(fraction, "fraction", 0, 1, closed="neither")
+    min_context = positive_int(min_context, "min_context")
     lengths = batch.lengths.to(batch.times.device)
     n_hold = torch.round(lengths.to(torch.float64) * float(fraction)).long().clamp_min(1)
     n_hold = torch.minimum(n_hold, (lengths - int(min_context)).clamp_min(0))

@@ -292,6 +292,20 @@ def load_physionet2012(
     exist, a missing set, bad ``sets`` or ``resolution``, a malformed file (header, field count,
     time, value, missing RecordID, an unknown parameter name) or a RecordID used by two files
     is a ValueError naming the file and line.
+
+    >>> import tempfile
+    >>> from pathlib import Path
+    >>> import pandas as pd
+    >>> stay = pd.DataFrame({"Time": ["00:00", "00:00", "00:30", "01:15"],
+    ...                      "Parameter": ["RecordID", "Age", "HR", "HR"], "Value": [132539, 54, 73, 77]})
+    >>> with tempfile.TemporaryDirectory() as root:  # one stay in a folder set-a/
+    ...     (Path(root) / "set-a").mkdir()
+    ...     stay.to_csv(Path(root) / "set-a" / "132539.txt", index=False)
+    ...     long, static = load_physionet2012(root, sets="a")
+    >>> long[["unique_id", "ds", "HR"]]
+       unique_id    ds    HR
+    0     132539  0.50  73.0
+    1     132539  1.25  77.0
     """
     letters = _check_sets(sets)
     width = _width_minutes(resolution)

@@ -18,6 +18,8 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from ..checks import choice
+
 __all__ = ["TIME_UNITS", "TimeCodec"]
 
 # Units a datetime or timedelta column can be counted in, largest first.
@@ -66,10 +68,7 @@ def _kind(series: pd.Series) -> str:
 def _canonical_unit(unit: str) -> str:
     if not isinstance(unit, str):
         raise TypeError(f"time_unit must be a string such as 'D' or 'h', got {type(unit).__name__}")
-    unit = _ALIASES.get(unit, unit)
-    if unit not in TIME_UNITS:
-        raise ValueError(f"unknown time_unit {unit!r}; valid: {', '.join(TIME_UNITS)}")
-    return unit
+    return choice(_ALIASES.get(unit, unit), "time_unit", TIME_UNITS)
 
 
 @dataclass(frozen=True)

@@ -9,10 +9,11 @@ a large test set is the best NLL a model can reach.
 from __future__ import annotations
 
 import math
-import numbers
 from collections.abc import Callable
 
 import numpy as np
+
+from ..checks import choice, integer, positive_int, real_number
 
 __all__ = [
     "two_moons",
@@ -34,16 +35,8 @@ _RING_NOISE = 0.08
 _CHECKER_SIZE = 4  # a 4 x 4 board of unit squares covering [-2, 2]^2
 
 
-def _check_n(n: int) -> int:
-    if isinstance(n, bool) or not isinstance(n, numbers.Integral) or n < 1:
-        raise ValueError(f"n must be a positive int, got {n!r}")
-    return int(n)
-
-
 def _rng(seed: int | None) -> np.random.Generator:
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, numbers.Integral)):
-        raise TypeError(f"seed must be an int or None, got {type(seed).__name__}")
-    return np.random.default_rng(seed)
+    return np.random.default_rng(integer(seed, "seed", allow_none=True))
 
 
 def _moon_centres(t: np.ndarray, upper: np.ndarray) -> np.ndarray:
@@ -60,9 +53,8 @@ def two_moons(n: int, noise: float = 0.05, seed: int | None = None) -> np.ndarra
     moon with probability 1/2), then centred and scaled by ``sqrt(2)`` to unit RMS spread.
     ``noise`` is the noise standard deviation before that scaling (as in scikit-learn).
     """
-    n = _check_n(n)
-    if not isinstance(noise, numbers.Real) or not noise >= 0:
-        raise ValueError(f"noise must be a non-negative number, got {noise!r}")
+    n = positive_int(n, "n")
+    noise = real_number(noise, "noise", positive=False)
     rng = _rng(seed)
     t = rng.uniform(0.0, math.pi, n)
     upper = rng.random(n) < 0.5
@@ -77,7 +69,7 @@ def _eight_centres() -> np.ndarray:
 
 def eight_gaussians(n: int, seed: int | None = None) -> np.ndarray:
     """Equal mixture of 8 Gaussians (std 0.2) with means evenly spaced on a circle of radius 2."""
-    n = _check_n(n)
+    n = positive_int(n, "n")
     rng = _rng(seed)
     centres = _eight_centres()[rng.integers(0, 8, n)]
     return (centres + rng.normal(0.0, _EIGHT_STD, (n, 2))).astype(np.float32)
@@ -88,7 +80,7 @@ def checkerboard(n: int, seed: int | None = None) -> np.ndarray:
 
     The density is 1/8 on its support, so the best achievable NLL is ``log 8`` (about 2.079 nats).
     """
-    n = _check_n(n)
+    n = positive_int(n, "n")
     rng = _rng(seed)
     k = _CHECKER_SIZE
     row = rng.integers(0, k, n)
@@ -101,7 +93,7 @@ def checkerboard(n: int, seed: int | None = None) -> np.ndarray:
 
 def rings(n: int, seed: int | None = None) -> np.ndarray:
     """Three concentric circles (radii 0.75, 1.5, 2.25, equally likely) with Gaussian noise (std 0.08)."""
-    n = _check_n(n)
+    n = positive_int(n, "n")
     rng = _rng(seed)
     radius = np.asarray(_RING_RADII)[rng.integers(0, len(_RING_RADII), n)]
     angle = rng.uniform(0.0, 2 * math.pi, n)
@@ -119,14 +111,12 @@ TOY2D: dict[str, Callable[..., np.ndarray]] = {
 
 
 def _check_name(name: str) -> str:
-    if not isinstance(name, str) or name not in TOY2D:
-        raise ValueError(f"unknown toy dataset {name!r}; valid names: {', '.join(TOY2D)}")
-    return name
+    return choice(name, "toy dataset", TOY2D)
 
 
 def load_toy2d(name: str, n: int, seed: int | None = None) -> np.ndarray:
     """Draw ``n`` points of the toy dataset ``name`` (one of :data:`TOY2D`) as float32 ``(n, 2)``."""
-    return TOY2D[_check_name(name)](_check_n(n), seed=seed)
+    return TOY2D[_check_name(name)](positive_int(n, "n"), seed=seed)
 
 
 def _logsumexp(a: np.ndarray, axis: int) -> np.ndarray:

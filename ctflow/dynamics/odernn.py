@@ -76,7 +76,7 @@ class ODERNNEncoder(nn.Module):
         if isinstance(solver, dict):
             solver = SolverOptions(**solver)
         self.solver = solver or SolverOptions(method="euler", step_size=0.25)
-        self.nfe = NFECounter(nn.Identity())
+        self.nfe = NFECounter()
 
     def forward(self, batch: IrregularBatch, return_states: bool = False) -> Tensor | tuple[Tensor, Tensor]:
         """State at each series' first observation ``(B, H)``; with ``return_states`` also the state

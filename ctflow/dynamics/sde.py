@@ -14,6 +14,8 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..checks import real_number
+
 __all__ = ["LatentSDEDynamics"]
 
 
@@ -38,8 +40,7 @@ class LatentSDEDynamics(nn.Module):
         learn_diffusion: bool = True,
     ):
         super().__init__()
-        if not diffusion >= 0:
-            raise ValueError(f"diffusion must be >= 0, got {diffusion!r}")
+        diffusion = real_number(diffusion, "diffusion", positive=False)
         if learn_diffusion and diffusion == 0:
             raise ValueError("a learned diffusion must start positive (diffusion > 0)")
         self.correction = nn.Sequential(

@@ -20,6 +20,8 @@ from collections.abc import Iterable
 import torch
 from torch import Tensor, nn
 
+from ..checks import positive_int
+
 __all__ = [
     "Transform",
     "Compose",
@@ -174,6 +176,14 @@ class Flow(nn.Module):
         base: base density over the latent (default: standard normal over ``dim``).
         dim: event size, an int for vectors or a shape tuple for images.
         context_dim: size of the conditioning vector (0 for an unconditional flow).
+
+    >>> import torch
+    >>> from ctflow.flows import Compose, Flow, ReversePermutation, Scaling
+    >>> flow = Flow(Compose([Scaling(2), ReversePermutation(2)]), dim=2)  # the identity at first
+    >>> round(flow.log_prob(torch.zeros(1, 2)).item(), 4)  # the standard normal's -log(2 pi)
+    -1.8379
+    >>> flow.log_prob(torch.randn(5, 2)).shape, flow.sample(3).shape
+    (torch.Size([5]), torch.Size([3, 2]))
     """
 
     def __init__(
@@ -244,8 +254,7 @@ class Flow(nn.Module):
             if context is None or context.dim() != 2:
                 raise ValueError("give n, or a (n, context_dim) context for one sample per row")
             n = context.shape[0]
-        if not isinstance(n, int) or isinstance(n, bool) or n < 1:
-            raise ValueError(f"n must be a positive int, got {n!r}")
+        n = positive_int(n, "n")
         return n, self._context(context, n)
 
     def sample(self, n: int | None = None, context: Tensor | None = None) -> Tensor:

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from ..checks import non_negative_int, positive_int
 from .autoregressive import InverseAffineAutoregressive, MaskedAffineAutoregressive
 from .base import Compose, Flow, Inverse, Transform
 from .continuous import CNF
@@ -225,14 +226,20 @@ def build(
     pass (the posterior use); their ``log_prob`` of an external point is solved numerically.
     ``options`` go to the layers: e.g. ``mask="random"`` (coupling flows), ``order="random"``
     (MAF/IAF), ``variant="householder"`` (Sylvester), ``activation``, ``scale_bound``, ``seed``.
+
+    >>> import torch
+    >>> from ctflow.flows import build
+    >>> flow = build("realnvp", dim=2, n_layers=2, hidden=(16,), seed=0)
+    >>> flow.log_prob(torch.zeros(5, 2)).shape, flow.sample(3).shape
+    (torch.Size([5]), torch.Size([3, 2]))
+    >>> conditional = build("maf", dim=3, context_dim=2, n_layers=2, hidden=(8,), seed=0)
+    >>> conditional.sample(context=torch.zeros(4, 2)).shape  # one sample per context row
+    torch.Size([4, 3])
     """
     if not isinstance(name, str) or name.lower() not in _BUILDERS:
         raise ValueError(f"unknown flow {name!r}; valid names: {', '.join(sorted(_BUILDERS))}")
-    for arg, value in (("dim", dim), ("n_layers", n_layers)):
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-            raise ValueError(f"{arg} must be a positive int, got {value!r}")
-    if isinstance(context_dim, bool) or not isinstance(context_dim, int) or context_dim < 0:
-        raise ValueError(f"context_dim must be a non-negative int, got {context_dim!r}")
+    dim, n_layers = positive_int(dim, "dim"), positive_int(n_layers, "n_layers")
+    context_dim = non_negative_int(context_dim, "context_dim")
     hidden = tuple(hidden)
     if any(isinstance(h, bool) or not isinstance(h, int) or h < 1 for h in hidden):
         raise ValueError(f"hidden must be a sequence of positive ints, got {hidden!r}")

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from ..checks import choice, real_number
 from ..ode import NFECounter, SolverOptions, integrate
 from .base import Transform
 from .nets import make_activation
@@ -189,10 +190,8 @@ class VectorField(nn.Module):
         freqs: int = 3,
     ):
         super().__init__()
-        if layer not in LAYER_TYPES:
-            raise ValueError(f"unknown layer {layer!r}; valid: {', '.join(LAYER_TYPES)}")
-        if time_embedding not in ("linear", "fourier"):
-            raise ValueError(f"unknown time_embedding {time_embedding!r}; valid: 'linear', 'fourier'")
+        choice(layer, "layer", LAYER_TYPES)
+        choice(time_embedding, "time_embedding", ("linear", "fourier"))
         if not hidden:
             raise ValueError("the vector field needs at least one hidden layer")
         self.dim, self.context_dim = dim, context_dim
@@ -403,6 +402,13 @@ class CNF(Transform):
         kinetic, jacobian: weights of the kinetic-energy and Jacobian-Frobenius regularisers
             (Finlay et al. 2020); when non-zero and training, :meth:`regularization` returns the
             weighted, batch-averaged integrals of the last forward solve.
+
+    >>> import torch
+    >>> from ctflow.flows import CNF, Flow
+    >>> cnf = CNF(2, hidden=(16,), solver={"method": "rk4", "step_size": 0.25})
+    >>> flow = Flow(cnf, dim=2)
+    >>> flow.log_prob(torch.zeros(4, 2)).shape, flow.sample(3).shape
+    (torch.Size([4]), torch.Size([3, 2]))
     """
 
     analytic_inverse = False
@@ -426,18 +432,12 @@ class CNF(Transform):
         jacobian: float = 0.0,
     ):
         super().__init__()
-        if trace not in TRACE_ESTIMATORS:
-            raise ValueError(f"unknown trace estimator {trace!r}; valid: {', '.join(TRACE_ESTIMATORS)}")
-        if noise not in ("gaussian", "rademacher"):
-            raise ValueError(f"unknown noise {noise!r}; valid: 'gaussian', 'rademacher'")
-        if jacobian_products not in JACOBIAN_PRODUCTS:
-            raise ValueError(
-                f"unknown jacobian_products {jacobian_products!r}; valid: {', '.join(JACOBIAN_PRODUCTS)}"
-            )
-        if not end_time > 0:
-            raise ValueError(f"end_time must be positive, got {end_time}")
-        if kinetic < 0 or jacobian < 0:
-            raise ValueError("regularisation weights kinetic and jacobian must be >= 0")
+        choice(trace, "trace estimator", TRACE_ESTIMATORS)
+        choice(noise, "noise", ("gaussian", "rademacher"))
+        choice(jacobian_products, "jacobian_products", JACOBIAN_PRODUCTS)
+        end_time = real_number(end_time, "end_time", positive=True)
+        kinetic = real_number(kinetic, "kinetic", positive=False)
+        jacobian = real_number(jacobian, "jacobian", positive=False)
         self.dim, self.context_dim = dim, context_dim
         self.field = (
             field

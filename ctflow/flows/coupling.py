@@ -17,6 +17,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from ..checks import positive_int, real_number
 from .base import Transform
 from .nets import MLP, soft_clamp
 
@@ -35,18 +36,12 @@ __all__ = [
 ]
 
 
-def _check_dim(dim: int, name: str = "dim") -> int:
-    if isinstance(dim, bool) or not isinstance(dim, int) or dim < 1:
-        raise ValueError(f"{name} must be a positive int, got {dim!r}")
-    return dim
-
-
 def half_mask(dim: int, flip: bool = False) -> Tensor:
     """Transform the second half of the dimensions (the first half if ``flip``).
 
     With ``dim == 1`` the single dimension is always transformed (conditioned on the context only).
     """
-    _check_dim(dim)
+    dim = positive_int(dim, "dim")
     mask = (torch.arange(dim) >= dim // 2).float()
     if flip and dim > 1:
         mask = 1.0 - mask
@@ -55,7 +50,7 @@ def half_mask(dim: int, flip: bool = False) -> Tensor:
 
 def alternating_mask(dim: int, parity: int = 0) -> Tensor:
     """Transform every other dimension, starting at index ``parity`` (0 or 1)."""
-    _check_dim(dim)
+    dim = positive_int(dim, "dim")
     if dim == 1:
         return torch.ones(1)
     return ((torch.arange(dim) + parity) % 2 == 0).float()
@@ -63,7 +58,7 @@ def alternating_mask(dim: int, parity: int = 0) -> Tensor:
 
 def random_mask(dim: int, generator: torch.Generator | None = None) -> Tensor:
     """Transform a random half (rounded up) of the dimensions."""
-    _check_dim(dim)
+    dim = positive_int(dim, "dim")
     mask = torch.zeros(dim)
     mask[torch.randperm(dim, generator=generator)[: (dim + 1) // 2]] = 1.0
     return mask
@@ -71,8 +66,8 @@ def random_mask(dim: int, generator: torch.Generator | None = None) -> Tensor:
 
 def checkerboard_mask(height: int, width: int, parity: int = 0) -> Tensor:
     """Spatial checkerboard mask of shape ``(1, height, width)`` for ``(B, C, H, W)`` images."""
-    _check_dim(height, "height")
-    _check_dim(width, "width")
+    height = positive_int(height, "height")
+    width = positive_int(width, "width")
     i = torch.arange(height).view(-1, 1)
     j = torch.arange(width).view(1, -1)
     return ((i + j + parity) % 2 == 0).float().unsqueeze(0)
@@ -80,7 +75,7 @@ def checkerboard_mask(height: int, width: int, parity: int = 0) -> Tensor:
 
 def channel_mask(channels: int, parity: int = 0) -> Tensor:
     """Channel-wise mask of shape ``(channels, 1, 1)``: transform half of the channels."""
-    _check_dim(channels, "channels")
+    channels = positive_int(channels, "channels")
     return half_mask(channels, flip=bool(parity)).view(-1, 1, 1)
 
 
@@ -158,9 +153,7 @@ class AffineCoupling(_Coupling):
 
     def __init__(self, mask: Tensor, *args, scale_bound: float = 3.0, **kwargs):
         super().__init__(mask, *args, **kwargs)
-        if scale_bound <= 0:
-            raise ValueError(f"scale_bound must be positive, got {scale_bound}")
-        self.scale_bound = float(scale_bound)
+        self.scale_bound = real_number(scale_bound, "scale_bound", positive=True)
 
     def _shift_logscale(self, x: Tensor, context: Tensor | None) -> tuple[Tensor, Tensor]:
         shift, raw = self._params(x, context)
@@ -219,7 +212,7 @@ class ReversePermutation(Permutation):
     """Reverse the order of dimension 1."""
 
     def __init__(self, dim: int):
-        super().__init__(torch.arange(_check_dim(dim) - 1, -1, -1))
+        super().__init__(torch.arange(positive_int(dim, "dim") - 1, -1, -1))
 
 
 class RandomPermutation(Permutation):
@@ -228,4 +221,4 @@ class RandomPermutation(Permutation):
     def __init__(self, dim: int, seed: int | None = None):
         g = torch.Generator()
         g.manual_seed(seed if seed is not None else int(torch.randint(0, 2**62, ()).item()))
-        super().__init__(torch.randperm(_check_dim(dim), generator=g))
+        super().__init__(torch.randperm(positive_int(dim, "dim"), generator=g))

@@ -14,32 +14,18 @@ and one teacher density pass, both parallel over the event. The teacher is froze
 from __future__ import annotations
 
 import contextlib
-import math
 import time
 from collections.abc import Callable
+from typing import Any
 
 import torch
 from torch import Tensor
 
+from ..checks import integer, positive_int, real_number
+from ..trainer import Minibatch, Trainer, constant
 from .base import Flow
 
 __all__ = ["distill", "reverse_kl_estimate"]
-
-
-def _check_positive_int(name: str, value) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{name} must be a positive int, got {value!r}")
-    return value
-
-
-def _check_positive_float(name: str, value, allow_none: bool = False) -> float | None:
-    if value is None and allow_none:
-        return None
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise TypeError(f"{name} must be a positive number{' or None' if allow_none else ''}, got {value!r}")
-    if not (math.isfinite(value) and value > 0):
-        raise ValueError(f"{name} must be a positive finite number, got {value!r}")
-    return float(value)
 
 
 def _reference(flow: Flow) -> Tensor | None:
@@ -78,56 +64,9 @@ def reverse_kl_estimate(
     return per_sample.mean(), per_sample
 
 
-def distill(
-    teacher: Flow,
-    student: Flow,
-    n_steps: int = 1000,
-    batch_size: int = 64,
-    lr: float = 1e-3,
-    context_sampler: Callable[[int], Tensor] | None = None,
-    grad_clip: float | None = 10.0,
-    verbose: bool = False,
-    seed: int | None = None,
-) -> dict:
-    """Train ``student`` to minimise the reverse KL ``KL(student || teacher)`` (probability density
-    distillation, van den Oord et al. (2018), "Parallel WaveNet: Fast High-Fidelity Speech
-    Synthesis").
-
-    Each step draws ``batch_size`` reparametrised samples ``x`` and their log-densities ``log q(x)``
-    from the student (:meth:`Flow.rsample_and_log_prob`), evaluates the frozen teacher's
-    ``log p(x)`` and takes an Adam step on ``mean(log q(x) - log p(x))``. Gradients reach the
-    student through ``log q`` and through the samples ``x`` (via the teacher's density); the
-    teacher's parameters are never updated. The student should sample in one pass (an IAF-type
-    flow, e.g. ``build("iaf", ...)`` or ``build("wavenet_iaf", ...)``) and the teacher should
-    evaluate densities in one pass (MAF-type); other flows work, only more slowly.
-
-    Args:
-        teacher: the target density; frozen during training (its ``requires_grad`` flags and
-            train/eval mode are restored afterwards; it runs in eval mode meanwhile).
-        student: the flow to train (in train mode meanwhile; its mode is restored afterwards).
-        n_steps: optimisation steps.
-        batch_size: student samples per step.
-        lr: Adam learning rate.
-        context_sampler: for conditional flows, ``context_sampler(n)`` returns an ``(n,
-            context_dim)`` context for one step's samples; must be ``None`` for unconditional ones.
-        grad_clip: maximum gradient norm of the student's parameters (``None`` for no clipping).
-        verbose: print the running KL estimate ten times during training.
-        seed: seed for the student's samples and the contexts (the global random state is left
-            as it was); ``None`` uses and advances the global generator.
-
-    Returns:
-        ``{"kl": [...], "grad_norm": [...], "n_steps", "batch_size", "lr", "seconds"}`` where
-        ``kl[i]`` is step ``i``'s estimate of ``KL(student || teacher)`` in nats, computed before
-        that step's update, and ``grad_norm[i]`` the gradient norm before clipping.
-
-    Raises:
-        TypeError: ``teacher``/``student`` is not a :class:`Flow`, ``context_sampler`` is not
-            callable, or a numeric argument has the wrong type.
-        ValueError: mismatched event shapes, context sizes, dtypes or devices; shared parameters;
-            a student with nothing to train; non-positive ``n_steps``/``batch_size``/``lr``/
-            ``grad_clip``; a missing or superfluous ``context_sampler``.
-        FloatingPointError: the KL estimate stops being finite (lower ``lr`` or use ``grad_clip``).
-    """
+def _check_pair(teacher: Any, student: Any, context_sampler: Any) -> tuple[list[Tensor], Tensor | None]:
+    """Check that teacher and student can be distilled; returns the teacher's parameters and a
+    tensor of the student's dtype and device."""
     for name, flow in (("teacher", teacher), ("student", student)):
         if not isinstance(flow, Flow):
             raise TypeError(f"{name} must be a ctflow Flow, got {type(flow).__name__}")
@@ -143,12 +82,6 @@ def distill(
             f"teacher and student must have the same context_dim: teacher {teacher.context_dim}, "
             f"student {student.context_dim}"
         )
-    n_steps = _check_positive_int("n_steps", n_steps)
-    batch_size = _check_positive_int("batch_size", batch_size)
-    lr = _check_positive_float("lr", lr)
-    grad_clip = _check_positive_float("grad_clip", grad_clip, allow_none=True)
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise TypeError(f"seed must be an int or None, got {seed!r}")
     if context_sampler is not None and not callable(context_sampler):
         raise TypeError(f"context_sampler must be callable or None, got {type(context_sampler).__name__}")
     if student.context_dim and context_sampler is None:
@@ -176,51 +109,131 @@ def distill(
             raise ValueError(
                 f"teacher and student devices differ: teacher {ref_t.device}, student {ref_s.device}"
             )
+    return teacher_params, ref_s
 
+
+def _student_trainer(
+    teacher: Flow,
+    student: Flow,
+    history: dict,
+    context_sampler: Callable[[int], Tensor] | None,
+    grad_clip: float | None,
+    verbose: bool,
+) -> Trainer:
+    """The :class:`~ctflow.trainer.Trainer` of a distillation, recording into ``history``."""
+    n_steps, batch_size = history["n_steps"], history["batch_size"]
+    report_every = max(1, n_steps // 10)
+
+    def objective(batch: Minibatch) -> Tensor:
+        context = _draw_context(context_sampler, batch_size, student.context_dim)
+        kl, _ = reverse_kl_estimate(teacher, student, batch_size, context)
+        if not torch.isfinite(kl):
+            step = len(history["kl"])
+            raise FloatingPointError(
+                f"the KL estimate is not finite at step {step}; lower lr or set grad_clip"
+            )
+        return kl
+
+    def on_update(kl: float, grad_norm: float) -> None:
+        history["kl"].append(kl)
+        history["grad_norm"].append(grad_norm)  # before clipping
+        step = len(history["kl"])
+        if verbose and (step % report_every == 0 or step == n_steps):
+            recent = history["kl"][-report_every:]
+            print(f"distill step {step}/{n_steps}: KL(student || teacher) ~ {sum(recent) / len(recent):.4f}")
+
+    # One item drawn n_steps times: the batch is the student's own samples, not data.
+    return Trainer(
+        student,
+        objective,
+        n_items=1,
+        batch_size=1,
+        steps_per_epoch=n_steps,
+        lr=history["lr"],
+        grad_clip=grad_clip,
+        schedule=constant,
+        seed=0,
+        on_update=on_update,
+        desc="distill",
+    )
+
+
+def distill(
+    teacher: Flow,
+    student: Flow,
+    n_steps: int = 1000,
+    batch_size: int = 64,
+    lr: float = 1e-3,
+    context_sampler: Callable[[int], Tensor] | None = None,
+    grad_clip: float | None = 10.0,
+    verbose: bool = False,
+    seed: int | None = None,
+) -> dict:
+    """Train ``student`` to minimise the reverse KL ``KL(student || teacher)`` (probability density
+    distillation, van den Oord et al. (2018), "Parallel WaveNet: Fast High-Fidelity Speech
+    Synthesis").
+
+    Each step draws ``batch_size`` reparametrised samples ``x`` and their log-densities ``log q(x)``
+    from the student (:meth:`Flow.rsample_and_log_prob`), evaluates the frozen teacher's
+    ``log p(x)`` and takes an Adam step on ``mean(log q(x) - log p(x))``. Gradients reach the
+    student through ``log q`` and through the samples ``x`` (via the teacher's density); the
+    teacher's parameters are never updated. The student should sample in one pass (an IAF-type
+    flow, e.g. ``build("iaf", ...)`` or ``build("wavenet_iaf", ...)``) and the teacher should
+    evaluate densities in one pass (MAF-type); other flows work, only more slowly.
+
+    Args:
+        teacher: the target density; frozen during training (its ``requires_grad`` flags and
+            train/eval mode are restored afterwards; it runs in eval mode meanwhile).
+        student: the flow to train (in train mode meanwhile; its mode is restored afterwards).
+        n_steps, batch_size, lr: optimisation steps, student samples per step, Adam's rate.
+        context_sampler: for conditional flows, ``context_sampler(n)`` returns an ``(n,
+            context_dim)`` context for one step's samples; must be ``None`` for unconditional ones.
+        grad_clip: maximum gradient norm of the student's parameters (``None`` for no clipping).
+        verbose: print the running KL estimate ten times during training.
+        seed: seed for the student's samples and the contexts (the global random state is left
+            as it was); ``None`` uses and advances the global generator.
+
+    Returns:
+        ``{"kl": [...], "grad_norm": [...], "n_steps", "batch_size", "lr", "seconds"}`` where
+        ``kl[i]`` is step ``i``'s estimate of ``KL(student || teacher)`` in nats, computed before
+        that step's update, and ``grad_norm[i]`` the gradient norm before clipping.
+
+    Raises:
+        TypeError: ``teacher``/``student`` is not a :class:`Flow`, ``context_sampler`` is not
+            callable, or a numeric argument has the wrong type.
+        ValueError: mismatched event shapes, context sizes, dtypes or devices; shared parameters;
+            a student with nothing to train; non-positive ``n_steps``/``batch_size``/``lr``/
+            ``grad_clip``; a missing or superfluous ``context_sampler``.
+        FloatingPointError: the KL estimate stops being finite (lower ``lr`` or use ``grad_clip``).
+    """
+    n_steps = positive_int(n_steps, "n_steps")
+    batch_size = positive_int(batch_size, "batch_size")
+    lr = real_number(lr, "lr", positive=True)
+    grad_clip = real_number(grad_clip, "grad_clip", positive=True, allow_none=True)
+    seed = integer(seed, "seed", allow_none=True)
+    teacher_params, ref_s = _check_pair(teacher, student, context_sampler)
     device = ref_s.device if ref_s is not None else torch.device("cpu")
+    history: dict = {"kl": [], "grad_norm": [], "n_steps": n_steps, "batch_size": batch_size, "lr": lr}
+    trainer = _student_trainer(teacher, student, history, context_sampler, grad_clip, verbose)
     rng = (
         torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
         if seed is not None
         else contextlib.nullcontext()
     )
     flags = [p.requires_grad for p in teacher_params]
-    teacher_mode, student_mode = teacher.training, student.training
-    optimizer = torch.optim.Adam(student_params, lr=lr)
-    history: dict = {"kl": [], "grad_norm": [], "n_steps": n_steps, "batch_size": batch_size, "lr": lr}
-    report_every = max(1, n_steps // 10)
+    teacher_mode = teacher.training
     start = time.perf_counter()
     try:
         for p in teacher_params:
             p.requires_grad_(False)
         teacher.eval()
-        student.train()
         with rng:
             if seed is not None:
                 torch.manual_seed(seed)
-            for step in range(n_steps):
-                context = _draw_context(context_sampler, batch_size, student.context_dim)
-                kl, _ = reverse_kl_estimate(teacher, student, batch_size, context)
-                if not torch.isfinite(kl):
-                    raise FloatingPointError(
-                        f"the KL estimate is not finite at step {step}; lower lr or set grad_clip"
-                    )
-                optimizer.zero_grad(set_to_none=True)
-                kl.backward()
-                # The norm before clipping; an infinite bound leaves the gradient as it is.
-                norm = torch.nn.utils.clip_grad_norm_(
-                    student_params, grad_clip if grad_clip is not None else math.inf
-                )
-                optimizer.step()
-                history["kl"].append(float(kl.detach()))
-                history["grad_norm"].append(float(norm))
-                if verbose and ((step + 1) % report_every == 0 or step == n_steps - 1):
-                    recent = history["kl"][-report_every:]
-                    mean_kl = sum(recent) / len(recent)
-                    print(f"distill step {step + 1}/{n_steps}: KL(student || teacher) ~ {mean_kl:.4f}")
+            trainer.fit()
     finally:
         for p, flag in zip(teacher_params, flags, strict=True):
             p.requires_grad_(flag)
         teacher.train(teacher_mode)
-        student.train(student_mode)
     history["seconds"] = time.perf_counter() - start
     return history

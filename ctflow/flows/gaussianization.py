@@ -18,14 +18,9 @@ from torch import Tensor, nn
 
 from .base import Compose, Transform
 from .mixture_cdf import invert_logit_mixture_cdf, logistic_mixture_log_cdfs
+from .normal import normal_log_prob
 
 __all__ = ["MarginalGaussianization", "HouseholderRotation", "GaussianizationBlock", "ndtri_from_log"]
-
-_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
-
-
-def _log_normal_pdf(y: Tensor) -> Tensor:
-    return -0.5 * y.square() - _LOG_SQRT_2PI
 
 
 def ndtri_from_log(log_p: Tensor, newton_steps: int = 3) -> Tensor:
@@ -42,7 +37,7 @@ def ndtri_from_log(log_p: Tensor, newton_steps: int = 3) -> Tensor:
     for _ in range(newton_steps):
         log_phi_cdf = torch.special.log_ndtr(y)
         # d log Phi(y) / dy = phi(y) / Phi(y)
-        y = y - (log_phi_cdf - log_p) * torch.exp(log_phi_cdf - _log_normal_pdf(y))
+        y = y - (log_phi_cdf - log_p) * torch.exp(log_phi_cdf - normal_log_prob(y))
     return y
 
 
@@ -104,7 +99,7 @@ class MarginalGaussianization(Transform):
     def _map(self, x: Tensor, logits: Tensor, means: Tensor, log_s: Tensor) -> tuple[Tensor, Tensor]:
         log_cdf, log_sf, log_pdf = logistic_mixture_log_cdfs(x, logits, means, log_s)
         y = _gaussian_quantile(log_cdf, log_sf)
-        return y, (log_pdf - _log_normal_pdf(y)).sum(1)
+        return y, (log_pdf - normal_log_prob(y)).sum(1)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         self._check(x)

@@ -19,6 +19,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..checks import positive_int
 from .coupling import _Coupling
 from .nets import soft_clamp
 from .numerics import solve_increasing
@@ -106,8 +107,7 @@ class MixtureCDFCoupling(_Coupling):
         scale_bound: float = 3.0,
         inverse_tol: float = 1e-10,
     ):
-        if n_components < 1:
-            raise ValueError(f"n_components must be >= 1, got {n_components}")
+        n_components = positive_int(n_components, "n_components")
         self.n_params = 3 * n_components + 2
         super().__init__(mask, context_dim, hidden, conditioner, activation)
         self.n_components = n_components

@@ -8,6 +8,8 @@ from collections.abc import Callable
 import torch
 from torch import Tensor
 
+from ..checks import real_number
+
 __all__ = ["bisection_steps", "shuffled_draws", "solve_increasing"]
 
 
@@ -36,8 +38,7 @@ def solve_increasing(
     implicit-function gradient ``-(dg/dtheta - dtarget/dtheta) / g'(a)``, so the solution can be
     differentiated.
     """
-    if tol is not None and not tol > 0:
-        raise ValueError(f"tol must be positive, got {tol}")
+    tol = real_number(tol, "tol", positive=True, allow_none=True)
     if iters is None and lo.numel():
         width = float((hi - lo).detach().max())
         if tol is None:

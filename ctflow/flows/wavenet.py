@@ -27,6 +27,7 @@ import torch
 from torch import Tensor, nn
 from torch.nn import functional as F
 
+from ..checks import non_negative_int, positive_int, real_number
 from .base import Inverse, Transform
 from .builders import register
 from .coupling import ReversePermutation
@@ -42,12 +43,6 @@ __all__ = [
 ]
 
 
-def _positive_int(name: str, value, minimum: int = 1) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        raise ValueError(f"{name} must be an int >= {minimum}, got {value!r}")
-    return value
-
-
 def _dilations(n_layers: int, dilation_cycle: int) -> list[int]:
     return [2 ** (i % dilation_cycle) for i in range(n_layers)]
 
@@ -58,9 +53,9 @@ def wavenet_receptive_field(n_layers: int, kernel_size: int = 2, dilation_cycle:
     ``R = k + (k - 1) * sum_{i<n} 2 ** (i mod c)`` for kernel size ``k``, ``n`` dilated layers and
     dilation cycle ``c``: the output at ``t`` depends on ``x_{t-R}, ..., x_{t-1}``.
     """
-    _positive_int("n_layers", n_layers)
-    _positive_int("kernel_size", kernel_size)
-    _positive_int("dilation_cycle", dilation_cycle)
+    n_layers = positive_int(n_layers, "n_layers")
+    kernel_size = positive_int(kernel_size, "kernel_size")
+    dilation_cycle = positive_int(dilation_cycle, "dilation_cycle")
     return kernel_size + (kernel_size - 1) * sum(_dilations(n_layers, dilation_cycle))
 
 
@@ -69,9 +64,9 @@ def layers_to_cover(length: int, kernel_size: int = 2, dilation_cycle: int = 10)
 
     The last step then depends on every earlier one (``R >= length - 1``).
     """
-    _positive_int("length", length)
-    _positive_int("kernel_size", kernel_size)
-    _positive_int("dilation_cycle", dilation_cycle)
+    length = positive_int(length, "length")
+    kernel_size = positive_int(kernel_size, "kernel_size")
+    dilation_cycle = positive_int(dilation_cycle, "dilation_cycle")
     if kernel_size == 1:
         return 1  # a width-1 stack never widens its view; one layer is as good as many
     n = 1
@@ -98,8 +93,8 @@ class CausalConv1d(nn.Conv1d):
         strict: bool = False,
         bias: bool = True,
     ):
-        _positive_int("kernel_size", kernel_size)
-        _positive_int("dilation", dilation)
+        kernel_size = positive_int(kernel_size, "kernel_size")
+        dilation = positive_int(dilation, "dilation")
         super().__init__(in_channels, out_channels, kernel_size, dilation=dilation, bias=bias)
         self.strict = bool(strict)
         self.left_pad = (kernel_size - 1) * dilation + int(self.strict)
@@ -154,14 +149,14 @@ class WaveNet(nn.Module):
         zero_init: bool = True,
     ):
         super().__init__()
-        _positive_int("n_params", n_params)
-        _positive_int("residual_channels", residual_channels)
+        n_params = positive_int(n_params, "n_params")
+        residual_channels = positive_int(residual_channels, "residual_channels")
         skip_channels = residual_channels if skip_channels is None else skip_channels
-        _positive_int("skip_channels", skip_channels)
-        _positive_int("n_layers", n_layers)
-        _positive_int("kernel_size", kernel_size)
-        _positive_int("dilation_cycle", dilation_cycle)
-        _positive_int("context_dim", context_dim, minimum=0)
+        skip_channels = positive_int(skip_channels, "skip_channels")
+        n_layers = positive_int(n_layers, "n_layers")
+        kernel_size = positive_int(kernel_size, "kernel_size")
+        dilation_cycle = positive_int(dilation_cycle, "dilation_cycle")
+        context_dim = non_negative_int(context_dim, "context_dim")
         self.n_params, self.n_layers, self.kernel_size = n_params, n_layers, kernel_size
         self.residual_channels, self.skip_channels = residual_channels, skip_channels
         self.dilation_cycle, self.context_dim = dilation_cycle, context_dim
@@ -267,13 +262,11 @@ class WaveNetAffineAutoregressive(Transform):
         dilation_cycle: int = 10,
     ):
         super().__init__()
-        self.length = _positive_int("length", length)
+        self.length = positive_int(length, "length")
         if n_layers is None:
             n_layers = layers_to_cover(length, kernel_size, dilation_cycle)
-        if not scale_bound > 0:
-            raise ValueError(f"scale_bound must be positive, got {scale_bound!r}")
-        self.scale_bound = float(scale_bound)
-        self.context_dim = _positive_int("context_dim", context_dim, minimum=0)
+        self.scale_bound = real_number(scale_bound, "scale_bound", positive=True)
+        self.context_dim = non_negative_int(context_dim, "context_dim")
         self.net = WaveNet(
             2,
             residual_channels,

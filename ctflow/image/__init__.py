@@ -66,7 +66,15 @@ MODELS: dict[str, type[ImageFlow]] = {
 
 
 def build_image_flow(name: str, shape: tuple[int, int, int], levels: int = 256, **options: Any) -> ImageFlow:
-    """Make an image flow by name (realnvp, glow, flowpp, mintnet); options reach its class."""
+    """Make an image flow by name (realnvp, glow, flowpp, mintnet); options reach its class.
+
+    >>> import torch
+    >>> from ctflow.image import bits_per_dim, build_image_flow
+    >>> model = build_image_flow("realnvp", (1, 4, 4), levels=4, n_levels=1, steps=1, hidden=8, n_blocks=1)
+    >>> images = torch.randint(0, 4, (2, 1, 4, 4))  # integer levels 0 .. 3
+    >>> bits_per_dim(model, images).shape, model.sample(3).shape
+    (torch.Size([2]), torch.Size([3, 1, 4, 4]))
+    """
     try:
         cls = MODELS[name]
     except KeyError:

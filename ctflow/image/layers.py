@@ -12,6 +12,7 @@ import torch
 from torch import Tensor
 from torch.nn import functional as F
 
+from ctflow.checks import in_interval
 from ctflow.flows.base import Transform
 from ctflow.flows.coupling import _Coupling, channel_mask, checkerboard_mask
 from ctflow.flows.nets import soft_clamp
@@ -161,9 +162,7 @@ class LogitTransform(Transform):
 
     def __init__(self, alpha: float = 0.05):
         super().__init__()
-        if not 0 <= alpha < 0.5:
-            raise ValueError(f"alpha must lie in [0, 0.5), got {alpha}")
-        self.alpha = float(alpha)
+        self.alpha = in_interval(alpha, "alpha", 0, 0.5)
 
     def forward(self, x: Tensor, context: Tensor | None = None) -> tuple[Tensor, Tensor]:
         p = self.alpha + (1 - 2 * self.alpha) * x

@@ -19,6 +19,7 @@ import math
 import torch
 from torch import Tensor, nn
 
+from ctflow.checks import positive_int, real_number
 from ctflow.flows.base import Compose, StandardNormal, Transform
 
 from .dequant import UniformDequantizer
@@ -76,10 +77,8 @@ class ImageFlow(nn.Module):
         super().__init__()
         if len(shape) != 3:
             raise ValueError(f"shape must be (C, H, W), got {shape}")
-        if isinstance(levels, bool) or not isinstance(levels, int) or levels < 2:
-            raise ValueError(f"levels must be an int >= 2, got {levels!r}")
         self.shape = tuple(int(s) for s in shape)
-        self.levels = levels
+        self.levels = positive_int(levels, "levels", minimum=2)
         self.flow = flow
         from .layers import ShiftTransform
 
@@ -149,10 +148,8 @@ class ImageFlow(nn.Module):
     @torch.no_grad()
     def sample(self, n: int, temperature: float = 1.0) -> Tensor:
         """``n`` images in ``[0, 1]`` drawn with the latent's standard deviation scaled by ``temperature``."""
-        if isinstance(n, bool) or not isinstance(n, int) or n < 1:
-            raise ValueError(f"n must be a positive int, got {n!r}")
-        if not temperature >= 0:
-            raise ValueError(f"temperature must be >= 0, got {temperature}")
+        n = positive_int(n, "n")
+        temperature = real_number(temperature, "temperature", positive=False)
         eps = self.base.sample(n) * temperature
         x0, _ = self.flow.inverse(eps)
         y, _ = self.preprocess.inverse(x0)
@@ -175,9 +172,7 @@ def bits_per_dim(
     if n_bits is not None and levels is not None:
         raise ValueError("give n_bits or levels, not both")
     if n_bits is not None:
-        if isinstance(n_bits, bool) or not isinstance(n_bits, int) or n_bits < 1:
-            raise ValueError(f"n_bits must be a positive int, got {n_bits!r}")
-        levels = 2**n_bits
+        levels = 2 ** positive_int(n_bits, "n_bits")
     log_p = (
         model.log_prob(x, levels=levels) if noise is None else model.log_prob(x, levels=levels, noise=noise)
     )

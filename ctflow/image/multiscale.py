@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+from ctflow.checks import positive_int
 from ctflow.flows.base import Compose, Transform
 
 from .layers import Split, Unsqueeze
@@ -23,8 +24,7 @@ def multiscale(shape: Shape, n_levels: int, make_level: LevelBuilder) -> Transfo
     deeper levels work on fewer channels; the latent has the shape of level 0's output.
     ``make_level`` gets the input shape of its level and returns a list that may contain squeezes.
     """
-    if isinstance(n_levels, bool) or not isinstance(n_levels, int) or n_levels < 1:
-        raise ValueError(f"n_levels must be a positive int, got {n_levels!r}")
+    n_levels = positive_int(n_levels, "n_levels")
 
     def build(level: int, in_shape: Shape) -> Transform:
         last = level == n_levels - 1

@@ -30,7 +30,6 @@ import json
 import math
 import os
 import random
-import time
 from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -39,17 +38,12 @@ from typing import Any
 import numpy as np
 import torch
 from torch import Tensor, nn
-from tqdm import tqdm
 
-from ctflow.checkpoint import (
-    atomic_write,
-    capture_rng_state,
-    load_checkpoint,
-    restore_rng_state,
-    save_checkpoint,
-)
+from ctflow.checkpoint import atomic_write
+from ctflow.checks import choice, positive_int
 from ctflow.distributed import resolve_device, setup
 from ctflow.flows.glow import ActNorm
+from ctflow.trainer import LinearWarmup, Minibatch, Trainer
 
 from . import MODELS, ImageFlow, bits_per_dim, build_image_flow
 from .data import ImageData, load_image_data
@@ -149,9 +143,7 @@ def save_sample_grid(images: Tensor, path: str | os.PathLike, levels: int, ncol:
     ax = fig.add_axes((0, 0, 1, 1))
     ax.imshow(arr[..., 0] if c == 1 else arr[..., :3], cmap="gray" if c == 1 else None, vmin=0, vmax=1)
     ax.axis("off")
-    path = Path(path)
-    fig.savefig(path, dpi=100)
-    return path
+    return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
 
 
 def _write_json(path: Path, obj: Any) -> None:
@@ -165,206 +157,120 @@ def _seed_all(seed: int) -> None:
     torch.manual_seed(seed)
 
 
-def _epoch_order(n: int, seed: int, epoch: int) -> Tensor:
-    g = torch.Generator().manual_seed(seed * 100_003 + epoch)
-    return torch.randperm(n, generator=g)
-
-
 def _identity(config: TrainConfig) -> dict[str, Any]:
     return {"model": config.model, "data": str(config.data), "architecture": config.architecture()}
 
 
 class _MeanBitsPerDim(nn.Module):
-    """The training objective as a module (mean bits/dim of a batch), so that DistributedDataParallel
-    sees the model's forward pass and averages its gradients."""
+    """The training objective: mean bits/dim of this rank's part of a batch, with its part of
+    the dequantization noise drawn for the whole global batch (so any number of ranks draws the
+    noise one process would)."""
 
-    def __init__(self, model: ImageFlow, levels: int):
+    def __init__(self, model: ImageFlow, images: Tensor, levels: int, bf16: bool):
         super().__init__()
-        self.model = model
-        self.levels = levels
+        self.model, self.images, self.levels, self.bf16 = model, images, levels, bf16
 
-    def forward(self, x: Tensor, noise: Tensor) -> Tensor:
-        return bits_per_dim(self.model, x, levels=self.levels, noise=noise).float().mean()
+    def forward(self, batch: Minibatch) -> Tensor:
+        device = next(self.model.parameters()).device
+        x = self.images[batch.indices.to(self.images.device)].to(device, non_blocking=True)
+        noise = batch.shard(self.model.dequantization_noise(len(batch.global_indices)))
+        with _autocast(device, self.bf16):
+            return bits_per_dim(self.model, x, levels=self.levels, noise=noise).float().mean()
 
 
 def _needs_data_init(model: nn.Module) -> bool:
     return any(isinstance(m, ActNorm) and not bool(m.initialized) for m in model.modules())
 
 
+def _initialise_on_global_batch(
+    model: ImageFlow, data: ImageData, first: Tensor, config: TrainConfig
+) -> None:
+    """Data-dependent initialisation (ActNorm) on the whole first global batch, with the noise the
+    first step will draw, on every rank: the parameters one process would get."""
+    device = next(model.parameters()).device
+    model.train()
+    with _forked_rng(device, None), torch.no_grad(), _autocast(device, config.bf16):
+        noise = model.dequantization_noise(len(first))
+        model.log_prob(data.train[first].to(device), data.levels, noise=noise)
+
+
+def _check_config(config: TrainConfig) -> None:
+    choice(config.model, "image model", MODELS)
+    positive_int(config.epochs, "epochs")
+    positive_int(config.batch_size, "batch_size")
+
+
 def train(config: TrainConfig, data: ImageData | None = None) -> dict[str, Any]:
     """Train ``config.model`` on ``config.data`` (or the given ``data``); returns a summary dict."""
-    if config.model not in MODELS:
-        raise ValueError(f"unknown image model {config.model!r}; valid: {', '.join(MODELS)}")
-    if config.epochs < 1 or config.batch_size < 1:
-        raise ValueError("epochs and batch_size must be positive")
+    _check_config(config)
     device = resolve_device(config.device)
     ctx = setup(device)
     if ctx.enabled and device.type == "cuda":
         device = torch.device("cuda", ctx.local_rank)
-    world = ctx.world_size
     out = Path(config.out)
     if ctx.is_main:
         out.mkdir(parents=True, exist_ok=True)
     data = data if data is not None else load_image_data(config.data)
-    train_x = data.train
-    n = train_x.shape[0]
-    global_batch = config.batch_size * world
-    n_batches = ctx.batches_per_epoch(n, config.batch_size, "images")
     _seed_all(config.seed)
     model = build_image_flow(config.model, data.shape, data.levels, **config.architecture()).to(device)
-    optimizer = torch.optim.Adam(model.parameters(), lr=config.lr)
-    warmup = max(1, config.warmup)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: min(1.0, (s + 1) / warmup))
 
-    epoch, batch_start, step, log = 0, 0, 0, []
-    if config.resume:
-        state = load_checkpoint(out / CHECKPOINT, map_location=device)
-        if state["identity"] != _identity(config):
-            raise ValueError(f"checkpoint in {out} was made for {state['identity']}, not {_identity(config)}")
-        saved_batch = state.get("global_batch", config.batch_size)
-        if state["batch"] and saved_batch != global_batch:
-            raise ValueError(
-                f"checkpoint in {out} stopped mid-epoch with global batches of {saved_batch} images; "
-                f"resume with batch_size x processes = {saved_batch}, not {global_batch}"
-            )
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        scheduler.load_state_dict(state["scheduler"])
-        restore_rng_state(state["rng"])
-        if device.type == "cuda" and "device_rng" in state:
-            torch.cuda.set_rng_state(state["device_rng"].cpu(), device)
-        epoch, batch_start, step = state["epoch"], state["batch"], state["step"]
-        if ctx.is_main and (out / LOG).is_file():
-            log = json.loads((out / LOG).read_text())
+    def evaluate() -> float:
+        return evaluate_bpd(model, data.test, data.levels, config.eval_batch_size, bf16=config.bf16)
 
-    def checkpoint(epoch_: int, batch_: int) -> None:
-        state = {
-            "identity": _identity(config),
-            "model": model.state_dict(),
-            "optimizer": optimizer.state_dict(),
-            "scheduler": scheduler.state_dict(),
-            "rng": capture_rng_state(),
-            "epoch": epoch_,
-            "batch": batch_,
-            "step": step,
-            "global_batch": global_batch,
-        }
-        if device.type == "cuda":  # the generator that draws the noise (the same on every rank)
-            state["device_rng"] = torch.cuda.get_rng_state(device)
-        save_checkpoint(out / CHECKPOINT, state)
+    def write_samples(record: dict[str, Any]) -> None:
+        with _forked_rng(device, config.seed + 1):
+            samples = model.sample(config.n_samples, temperature=config.temperature)
+        save_sample_grid(samples, out / SAMPLES, data.levels)
 
-    objective: nn.Module = _MeanBitsPerDim(model, data.levels)
-    if world > 1:
-        from torch.nn.parallel import DistributedDataParallel
-
-        if epoch < config.epochs and _needs_data_init(model):
-            # Data-dependent initialisation on the whole first global batch, with the noise the
-            # first step will draw, on every rank: the parameters one process would get.
-            first = _epoch_order(n, config.seed, epoch)[batch_start * global_batch :][:global_batch]
-            model.train()
-            with _forked_rng(device, None), torch.no_grad(), _autocast(device, config.bf16):
-                noise = model.dequantization_noise(len(first))
-                model.log_prob(train_x[first].to(device), data.levels, noise=noise)
-        objective = DistributedDataParallel(
-            objective, device_ids=[device.index] if device.type == "cuda" else None
-        )
-
-    params = [p for p in model.parameters() if p.requires_grad]
-    t0 = time.perf_counter()
-    stopped = False
-    skipped, images_seen, train_seconds = 0, 0, 0.0
-    test_bpd = float("nan")
-    model.train()
-    while epoch < config.epochs and not stopped:
-        order = _epoch_order(n, config.seed, epoch)
-        running, counted = 0.0, 0
-        bar = tqdm(
-            range(batch_start, n_batches),
-            desc=f"{config.model} epoch {epoch + 1}/{config.epochs}",
-            disable=not (config.progress and ctx.is_main),
-            leave=False,
-        )
-        for b in bar:
-            t_step = time.perf_counter()
-            batch = order[b * global_batch : (b + 1) * global_batch]
-            idx = ctx.shard(batch)
-            x = train_x[idx].to(device, non_blocking=True)
-            noise = ctx.shard(model.dequantization_noise(len(batch)))
-            with _autocast(device, config.bf16):
-                loss = objective(x, noise)
-            optimizer.zero_grad(set_to_none=True)
-            ok = bool(torch.isfinite(loss))
-            if ok or world > 1:  # every rank joins the gradient all-reduce
-                # DDP averages over ranks: weighting by the rank's share gives the global mean.
-                (loss * (world * len(idx) / len(batch)) if world > 1 else loss).backward()
-                norm = torch.nn.utils.clip_grad_norm_(params, config.grad_clip)
-                ok = ok and bool(torch.isfinite(norm))
-            total, failed = ctx.all_sum([float(loss.detach()) * len(idx), float(not ok)], device).tolist()
-            if failed == 0:
-                optimizer.step()
-                scheduler.step()
-                running += total / len(batch)
-                counted += 1
-            else:
-                optimizer.zero_grad(set_to_none=True)
-                skipped += 1
-            images_seen += len(batch)
-            train_seconds += time.perf_counter() - t_step
-            step += 1
-            if counted:
-                bar.set_postfix(bpd=f"{running / counted:.3f}")
-            over = config.time_limit is not None and time.perf_counter() - t0 > config.time_limit
-            if config.time_limit is not None and bool(ctx.from_main(float(over), device)):
-                stopped = b + 1 < n_batches
-                batch_start = b + 1
-                break
-        bar.close()
-        finished_epoch = batch_start >= n_batches or not stopped
-        test_bpd = (
-            evaluate_bpd(model, data.test, data.levels, config.eval_batch_size, bf16=config.bf16)
-            if ctx.is_main
-            else 0.0
-        )
-        test_bpd = float(ctx.from_main(test_bpd, device))  # rank 0's value on every rank
-        if ctx.is_main:
-            log.append(
-                {
-                    "epoch": epoch + 1,
-                    "complete": finished_epoch,
-                    "step": step,
-                    "train_bpd": running / counted if counted else None,
-                    "test_bpd": test_bpd,
-                    "seconds": time.perf_counter() - t0,
-                    "skipped_steps": skipped,
-                }
-            )
-            _write_json(out / LOG, log)
-            with _forked_rng(device, config.seed + 1):
-                samples = model.sample(config.n_samples, temperature=config.temperature)
-            save_sample_grid(samples, out / SAMPLES, data.levels)
-        if finished_epoch:
-            epoch, batch_start = epoch + 1, 0
-        if ctx.is_main:
-            checkpoint(epoch, batch_start)
-        over = config.time_limit is not None and time.perf_counter() - t0 > config.time_limit
-        if config.time_limit is not None and bool(ctx.from_main(float(over), device)):
-            stopped = True
+    trainer = Trainer(
+        model,
+        _MeanBitsPerDim(model, data.train, data.levels, config.bf16),
+        n_items=data.train.shape[0],
+        batch_size=config.batch_size,
+        epochs=config.epochs,
+        lr=config.lr,
+        grad_clip=config.grad_clip,
+        schedule=LinearWarmup(config.warmup),
+        validate=evaluate,
+        keep_best=False,
+        time_limit=config.time_limit,
+        seed=config.seed,
+        checkpoint=out / CHECKPOINT,
+        resume=config.resume,
+        identity=_identity(config),
+        log_path=out / LOG,
+        on_epoch_end=write_samples,
+        dist=ctx,
+        loss_name="bpd",
+        val_name="test_bpd",
+        verbose=config.progress,
+        desc=config.model,
+    )
+    if ctx.enabled and trainer.state.epoch < config.epochs and _needs_data_init(model):
+        _initialise_on_global_batch(model, data, trainer.upcoming_batch(), config)
+    trainer.fit()
     if ctx.is_main:
         _write_json(
             out / "config.json", {**asdict(config), "device": str(device), "levels_data": data.levels}
         )
     ctx.barrier()  # the files are written when train returns on any rank
+    return _summary(trainer, model, ctx)
+
+
+def _summary(trainer: Trainer, model: ImageFlow, ctx: Any) -> dict[str, Any]:
+    s = trainer.state
+    records = s.records
     return {
-        "epoch": epoch,
-        "step": step,
-        "test_bpd": test_bpd,
-        "skipped_steps": skipped,
-        "seconds": time.perf_counter() - t0,
-        "train_seconds": train_seconds,
-        "images_per_second": images_seen / train_seconds if train_seconds else float("nan"),
+        "epoch": s.epoch,
+        "step": s.attempted,
+        "test_bpd": records[-1]["test_bpd"] if records else float("nan"),
+        "skipped_steps": s.skipped,
+        "seconds": s.elapsed,
+        "train_seconds": s.step_seconds,
+        "images_per_second": s.items_seen / s.step_seconds if s.step_seconds else float("nan"),
         "parameters": sum(p.numel() for p in model.parameters()),
         "rank": ctx.rank,
-        "world_size": world,
+        "world_size": ctx.world_size,
         "model": model,
-        "optimizer": optimizer,
+        "optimizer": trainer.optimizer,
     }

@@ -1,5 +1,7 @@
-"""Sequence models: ``loss(batch)``, ``nll_terms``, ``filter``, ``predict``, ``sample_paths``."""
+"""Sequence models (:class:`SequenceModel`): ``loss(batch)``, ``nll_terms``, ``filter``, ``predict``,
+``sample_paths``."""
 
+from .base import Predictive, SequenceModel
 from .ensemble import DeepEnsemble, EnsemblePredictive
 from .gru_ode_bayes import FilterState, GRUODEBayes, PredictiveDistribution
 from .latent_ode import LatentODE, MixturePredictive, ParticleState
@@ -16,5 +18,7 @@ __all__ = [
     "MixturePredictive",
     "ParticleState",
     "Posterior",
+    "Predictive",
     "PredictiveDistribution",
+    "SequenceModel",
 ]

@@ -18,6 +18,7 @@ from torch import Tensor, nn
 
 from ..data.irregular import IrregularBatch
 from ..flows.numerics import shuffled_draws, solve_increasing
+from .base import Predictive, SequenceModel
 
 __all__ = ["DeepEnsemble", "EnsemblePredictive"]
 
@@ -25,7 +26,7 @@ __all__ = ["DeepEnsemble", "EnsemblePredictive"]
 class EnsemblePredictive:
     """Equal-weight mixture of the members' predictive densities at the same query points."""
 
-    def __init__(self, members: Sequence):
+    def __init__(self, members: Sequence[Predictive]):
         if not members:
             raise ValueError("an ensemble predictive needs at least one member")
         self.members = list(members)
@@ -70,14 +71,14 @@ class EnsemblePredictive:
         return shuffled_draws(torch.cat([m.sample(-(-n // len(self.members))) for m in self.members]), n)
 
 
-class DeepEnsemble(nn.Module):
+class DeepEnsemble(SequenceModel):
     """A deep ensemble (Lakshminarayanan, Pritzel & Blundell 2017, "Simple and Scalable
     Predictive Uncertainty Estimation using Deep Ensembles") of sequence models.
 
-    ``members``: sequence models of the same interface (``loss``, ``nll_terms``, ``filter``,
-    ``predict``, ``sample_paths``), typically one architecture built ``M`` times so that each
-    starts from its own random initialisation. The training loss is the sum of the members'
-    losses (each member's gradient is its own); forecasts are the equal-weight mixture.
+    ``members``: :class:`~ctflow.models.base.SequenceModel` instances, typically one
+    architecture built ``M`` times so that each starts from its own random initialisation. The
+    training loss is the sum of the members' losses (each member's gradient is its own);
+    forecasts are the equal-weight mixture.
 
     >>> from ctflow.models import DeepEnsemble, GRUODEBayes
     >>> ensemble = DeepEnsemble([GRUODEBayes(2, hidden_size=8) for _ in range(3)])
@@ -85,17 +86,17 @@ class DeepEnsemble(nn.Module):
     3
     """
 
-    def __init__(self, members: Sequence[nn.Module]):
+    def __init__(self, members: Sequence[SequenceModel]):
         super().__init__()
         members = list(members)
         if len(members) < 1:
             raise ValueError("a DeepEnsemble needs at least one member")
         for i, member in enumerate(members):
-            if not isinstance(member, nn.Module):
-                raise TypeError(f"member {i} must be a torch.nn.Module, got {type(member).__name__}")
+            if not isinstance(member, SequenceModel):
+                raise TypeError(f"member {i} must be a ctflow SequenceModel, got {type(member).__name__}")
         self.members = nn.ModuleList(members)
         # Forecast memory scales with every member's states (and their particles).
-        self.n_particles = sum(int(getattr(m, "n_particles", 1)) for m in members)
+        self.n_particles = sum(m.n_particles for m in members)
 
     def __len__(self) -> int:
         return len(self.members)
@@ -121,8 +122,7 @@ class DeepEnsemble(nn.Module):
     def sample_paths(self, state: tuple, times: Tensor, n: int) -> Tensor:
         """Joint paths ``(n, B, Q, D)``: ``ceil(n / M)`` from each member, shuffled per series
         (a path stays whole; which member drew it is random)."""
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
+        self._check_n_paths(n)
         k = -(-n // len(self.members))
         x = torch.cat([m.sample_paths(s, times, k) for m, s in zip(self.members, state, strict=True)])
         order = torch.rand(x.shape[:2], device=x.device).argsort(0)[:n]

@@ -19,10 +19,12 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..checks import positive_int, probability
 from ..data.irregular import IrregularBatch
 from ..dynamics.gru_ode import GRUBayes, GRUODECell
-from ..flows.masked import LastValueEmission, MaskedEmission, make_emission
-from ..ode import NFECounter, SolverOptions, fixed_step_plan, integrate_intervals
+from ..ode import NFECounter, SolverOptions, fixed_step_plan
+from .base import SequenceModel
+from .emissions import LastValueEmission, MaskedEmission, resolve_emission
 
 __all__ = ["GRUODEBayes", "FilterState", "PredictiveDistribution"]
 
@@ -116,7 +118,7 @@ class PredictiveDistribution:
         return self.emission.marginal_sample(self.h, n)
 
 
-class GRUODEBayes(nn.Module):
+class GRUODEBayes(SequenceModel):
     """GRU-ODE-Bayes: GRU-ODE between observations, GRU-Bayes jumps at observations.
 
     De Brouwer et al. (2019), "GRU-ODE-Bayes: Continuous modeling of sporadically-observed time
@@ -149,9 +151,21 @@ class GRUODEBayes(nn.Module):
         start_time: time at which every series starts from ``h0`` (``None``: its first observation).
         carry_forward: the emission also sees each variable's last observed value, whether it
             was observed and the log of one plus the time since, and models the change from that
-            value (:class:`ctflow.flows.masked.LastValueEmission`): persistence is then the
+            value (:class:`ctflow.models.emissions.LastValueEmission`): persistence is then the
             default the hidden state corrects, which suits slowly varying, sparsely measured
             variables such as laboratory values.
+
+    >>> import torch
+    >>> from ctflow.data import from_dataframe, load_double_ou
+    >>> from ctflow.models import GRUODEBayes
+    >>> batch = from_dataframe(load_double_ou(4, seed=0, t_max=2.0, min_obs=3, max_obs=6))
+    >>> model = GRUODEBayes(2, hidden_size=8, p_hidden=8, prep_hidden=4)
+    >>> state = model.filter(batch)  # every series after its last observation
+    >>> times = batch.times[:, -1:] + torch.tensor([0.5, 1.0])  # (B, Q) query times
+    >>> model.predict(state, times).sample(10).shape  # (n, B, Q, D) marginal draws
+    torch.Size([10, 4, 2, 2])
+    >>> model.sample_paths(state, times, n=5).shape  # joint draws of whole paths
+    torch.Size([5, 4, 2, 2])
     """
 
     def __init__(
@@ -172,8 +186,8 @@ class GRUODEBayes(nn.Module):
         trend: bool = False,
     ):
         super().__init__()
-        if n_variables < 1 or hidden_size < 1:
-            raise ValueError("n_variables and hidden_size must be positive")
+        positive_int(n_variables, "n_variables")
+        positive_int(hidden_size, "hidden_size")
         self.n_variables, self.hidden_size = n_variables, hidden_size
         self.carry_forward = bool(carry_forward)
         if trend and not self.carry_forward:
@@ -181,15 +195,10 @@ class GRUODEBayes(nn.Module):
         self.trend = bool(trend)
         n_blocks = (3 if self.carry_forward else 0) + (3 if self.trend else 0)
         context_dim = hidden_size + n_blocks * n_variables
-        if isinstance(emission, str):
-            options = {"hidden": (p_hidden,), **(emission_options or {})}
-            if options.get("linear_skip") == "features":  # the carried features, not the state
-                options["linear_skip"] = n_blocks * n_variables or True
-            emission = make_emission(emission, n_variables, context_dim, **options)
-        elif not isinstance(emission, MaskedEmission):
-            raise TypeError(f"emission must be a name or a MaskedEmission, got {type(emission).__name__}")
-        if emission.context_dim != context_dim:
-            raise ValueError(f"the emission's context_dim must be {context_dim}, got {emission.context_dim}")
+        options = {"hidden": (p_hidden,), **(emission_options or {})}
+        if options.get("linear_skip") == "features":  # the carried features, not the state
+            options["linear_skip"] = n_blocks * n_variables or True
+        emission = resolve_emission(emission, n_variables, context_dim, options)
         if self.carry_forward and not isinstance(emission, LastValueEmission):
             emission = LastValueEmission(emission)
         self.emission = emission
@@ -204,20 +213,12 @@ class GRUODEBayes(nn.Module):
             solver = SolverOptions(**solver)
         self.solver = solver or SolverOptions(method="euler", step_size=0.05)
         self.post_jump_weight = float(post_jump_weight)
-        if not 0 <= update_dropout < 1:
-            raise ValueError(f"update_dropout must lie in [0, 1), got {update_dropout!r}")
-        self.update_dropout = float(update_dropout)
-        if not 0 <= forecast_cut <= 1:
-            raise ValueError(f"forecast_cut must lie in [0, 1], got {forecast_cut!r}")
-        self.forecast_cut = float(forecast_cut)
+        self.update_dropout = probability(update_dropout, "update_dropout")
+        self.forecast_cut = probability(forecast_cut, "forecast_cut", include_one=True)
         self.start_time = start_time
-        self.nfe = NFECounter(nn.Identity())
+        self.nfe = NFECounter()
 
     # ------------------------------------------------------------------ building blocks
-
-    def _reference(self) -> Tensor:
-        """A parameter: data are moved to its dtype and device."""
-        return self.ode.g.weight
 
     def initial_state(self, batch: IrregularBatch) -> FilterState:
         ref = self._reference()
@@ -276,9 +277,7 @@ class GRUODEBayes(nn.Module):
         return fixed_step_plan(dts, self.solver)
 
     def _advance(self, h: Tensor, dt: Tensor, n_steps: int | None) -> Tensor:
-        if n_steps == 0:
-            return h
-        return integrate_intervals(self.ode, h, dt, self.solver, n_steps, counter=self.nfe)
+        return self._integrate(self.ode, h, dt, self.solver, n_steps, self.nfe)
 
     # ------------------------------------------------------------------ sequence-model API
 
@@ -287,9 +286,9 @@ class GRUODEBayes(nn.Module):
         h, t_prev = state.h, state.time
         times = batch.times.to(h)
         values, mask = batch.values.to(h), batch.mask.to(h)
-        dts = torch.diff(torch.cat([t_prev.unsqueeze(1), times], dim=1), dim=1)
-        if self.start_time is not None and dts.numel() and float(dts.min()) < 0:
-            raise ValueError(f"observation times must be >= start_time={self.start_time}")
+        dts = self._intervals(t_prev, times)
+        if self.start_time is not None:
+            self._check_start(dts, f"start_time={self.start_time}")
         plan = self._plan(dts)
         cut = self._training_cuts(batch.lengths.to(h.device)) if score and self.training else None
         nll_pre = h.new_zeros(())
@@ -313,13 +312,7 @@ class GRUODEBayes(nn.Module):
                 # The carried values before this observation: after it, the change would be zero.
                 nll_post = nll_post - self.emission.log_prob(y, m, self.context(h, state, times[:, k])).sum()
             state = state.observe(y, m, times[:, k])
-        last = (batch.lengths.to(h.device) - 1).clamp_min(0)
-        t_last = torch.where(
-            batch.lengths.to(h.device) > 0,
-            times.gather(1, last.unsqueeze(1)).squeeze(1) if times.shape[1] else state.time,
-            state.time,
-        )
-        final = FilterState(h, t_last, *state._fields()[2:])
+        final = FilterState(h, self._last_times(times, batch.lengths, state.time), *state._fields()[2:])
         return final, nll_pre, nll_post
 
     def _training_cuts(self, lengths: Tensor) -> Tensor | None:
@@ -333,8 +326,7 @@ class GRUODEBayes(nn.Module):
     def loss(self, batch: IrregularBatch) -> Tensor:
         """Mean negative log-likelihood per observed value: pre-jump + weighted post-jump."""
         _, nll_pre, nll_post = self._run(batch, score=True)
-        n_obs = batch.mask.sum().clamp_min(1).to(nll_pre)
-        return (nll_pre + self.post_jump_weight * nll_post) / n_obs
+        return self._per_observed_value(nll_pre + self.post_jump_weight * nll_post, batch)
 
     def nll_terms(self, batch: IrregularBatch) -> tuple[Tensor, Tensor]:
         """Total pre-jump NLL (nats) and number of observed values (for evaluation)."""
@@ -346,20 +338,10 @@ class GRUODEBayes(nn.Module):
         state, _, _ = self._run(batch, score=False)
         return state
 
-    def _check_times(self, state: FilterState, times: Tensor) -> Tensor:
-        times = torch.as_tensor(times).to(state.h)
-        if times.dim() != 2 or times.shape[0] != state.h.shape[0]:
-            raise ValueError(
-                f"times must have shape (n_series={state.h.shape[0]}, n_queries), got {tuple(times.shape)}"
-            )
-        if times.numel() and bool((torch.diff(times, dim=1) < 0).any()):
-            raise ValueError("query times must be non-decreasing within each series")
-        return times
-
     def predict(self, state: FilterState, times: Tensor) -> PredictiveDistribution:
         """Predictive densities at ``times (B, Q)`` (no further observations assumed)."""
-        times = self._check_times(state, times)
-        dts = torch.diff(torch.cat([state.time.unsqueeze(1), times], dim=1), dim=1)
+        times = self._check_query_times(times, state.h.shape[0], state.h)
+        dts = self._intervals(state.time, times)
         plan = self._plan(dts)
         h, hs = state.h, []
         for k, n_steps in enumerate(plan):
@@ -370,12 +352,11 @@ class GRUODEBayes(nn.Module):
 
     def sample_paths(self, state: FilterState, times: Tensor, n: int) -> Tensor:
         """Joint samples ``(n, B, Q, D)`` over the query times: sample, update as if observed, continue."""
-        times = self._check_times(state, times)
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
+        times = self._check_query_times(times, state.h.shape[0], state.h)
+        self._check_n_paths(n)
         b = state.h.shape[0]
         rep = state.repeat(n)
-        dts = torch.diff(torch.cat([state.time.unsqueeze(1), times], dim=1), dim=1)
+        dts = self._intervals(state.time, times)
         plan = self._plan(dts)
         dts = dts.repeat(n, 1)
         times = times.repeat(n, 1)

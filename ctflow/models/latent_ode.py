@@ -25,11 +25,13 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
+from ..checks import choice, positive_int
 from ..data.irregular import IrregularBatch
 from ..dynamics.odernn import ODEFunc, ODERNNEncoder
-from ..flows.masked import MaskedEmission, make_emission
 from ..flows.numerics import shuffled_draws, solve_increasing
-from ..ode import NFECounter, SolverOptions, fixed_step_plan, integrate_intervals
+from ..ode import NFECounter, SolverOptions, fixed_step_plan
+from .base import SequenceModel
+from .emissions import MaskedEmission, resolve_emission
 from .posterior import Posterior
 
 __all__ = ["LatentODE", "MixturePredictive", "ParticleState"]
@@ -111,7 +113,7 @@ class MixturePredictive:
         return shuffled_draws(self.emission.marginal_sample(self._rows(), m).view(m * s, b, q, -1), n)
 
 
-class LatentODE(nn.Module):
+class LatentODE(SequenceModel):
     """Latent ODE (Rubanova, Chen & Duvenaud 2019, "Latent ODEs for Irregularly-Sampled Time Series").
 
     Args:
@@ -121,7 +123,7 @@ class LatentODE(nn.Module):
         ode_hidden: width of the decoder's and encoder's vector fields.
         p_hidden: hidden width of the emission network.
         emission: emission name (``gaussian``, ``mixlogistic``, ``maf``) or a
-            :class:`~ctflow.flows.masked.MaskedEmission` over ``latent_dim``.
+            :class:`~ctflow.models.emissions.MaskedEmission` over ``latent_dim``.
         posterior: ``gaussian`` or a flow name (``iaf``, ``planar``, ``radial``, ``sylvester``,
             ``realnvp``, ...) conditioned on the encoder state.
         posterior_layers, posterior_hidden: size of the posterior flow.
@@ -132,6 +134,16 @@ class LatentODE(nn.Module):
         solver: decoder integration (default Euler, largest step 0.25 time units).
         encoder_solver: encoder integration (default: as ``solver``).
         decoder: the decoder's vector field ``f(z)`` (default an MLP with tanh layers).
+
+    >>> import torch
+    >>> from ctflow.data import from_dataframe, load_double_ou
+    >>> from ctflow.models import LatentODE
+    >>> batch = from_dataframe(load_double_ou(4, seed=0, t_max=2.0, min_obs=3, max_obs=6))
+    >>> model = LatentODE(2, latent_dim=4, hidden_size=8, ode_hidden=8, p_hidden=8, n_particles=4)
+    >>> state = model.filter(batch)  # posterior particles of every series
+    >>> times = batch.times[:, -1:] + torch.tensor([0.5, 1.0])  # (B, Q) query times
+    >>> model.sample_paths(state, times, n=3).shape  # (n, B, Q, D) joint draws of whole paths
+    torch.Size([3, 4, 2, 2])
     """
 
     def __init__(
@@ -155,17 +167,16 @@ class LatentODE(nn.Module):
         decoder: nn.Module | None = None,
     ):
         super().__init__()
-        if n_variables < 1 or latent_dim < 1 or hidden_size < 1:
-            raise ValueError("n_variables, latent_dim and hidden_size must be positive")
-        if objective not in ("elbo", "iwae"):
-            raise ValueError(f"objective must be 'elbo' or 'iwae', got {objective!r}")
         for name, value in (
+            ("n_variables", n_variables),
+            ("latent_dim", latent_dim),
+            ("hidden_size", hidden_size),
             ("n_samples", n_samples),
             ("eval_samples", eval_samples),
             ("n_particles", n_particles),
         ):
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(f"{name} must be a positive int, got {value!r}")
+            positive_int(value, name)
+        choice(objective, "objective", ("elbo", "iwae"))
         self.n_variables, self.latent_dim = n_variables, latent_dim
         self.objective, self.n_samples = objective, n_samples
         self.eval_samples, self.n_particles = eval_samples, n_particles
@@ -175,22 +186,13 @@ class LatentODE(nn.Module):
         self.encoder = ODERNNEncoder(n_variables, hidden_size, ode_hidden, encoder_solver or self.solver)
         self.posterior = Posterior(latent_dim, hidden_size, posterior, posterior_layers, posterior_hidden)
         self.decoder = decoder if decoder is not None else ODEFunc(latent_dim, ode_hidden, n_layers=2)
-        if isinstance(emission, str):
-            options = {"hidden": (p_hidden,), **(emission_options or {})}
-            emission = make_emission(emission, n_variables, latent_dim, **options)
-        elif not isinstance(emission, MaskedEmission):
-            raise TypeError(f"emission must be a name or a MaskedEmission, got {type(emission).__name__}")
-        self.emission = emission
-        self.nfe = NFECounter(nn.Identity())
+        options = {"hidden": (p_hidden,), **(emission_options or {})}
+        self.emission = resolve_emission(emission, n_variables, latent_dim, options)
+        self.nfe = NFECounter()
 
     # ------------------------------------------------------------------ building blocks
-    def _reference(self) -> Tensor:
-        return self.encoder.cell.weight_hh
-
     def _advance(self, z: Tensor, dt: Tensor, n_steps: int | None) -> Tensor:
-        if n_steps == 0:
-            return z
-        return integrate_intervals(self.decoder, z, dt, self.solver, n_steps, counter=self.nfe)
+        return self._integrate(self.decoder, z, dt, self.solver, n_steps, self.nfe)
 
     def prior_log_prob(self, z: Tensor) -> Tensor:
         return -0.5 * (z.square() + _LOG_2PI).sum(-1)
@@ -201,10 +203,17 @@ class LatentODE(nn.Module):
         """Values, mask, the intervals ``(B, N)`` from time 0 to each observation and their step plan."""
         times = batch.times.to(ref)
         values, mask = batch.values.to(ref), batch.mask.to(ref)
-        dts = torch.diff(torch.cat([times.new_zeros(times.shape[0], 1), times], dim=1), dim=1)
-        if dts.numel() and float(dts.min()) < 0:
-            raise ValueError(f"observation times must be >= 0 (a {type(self).__name__} starts at time 0)")
+        dts = self._intervals(times.new_zeros(times.shape[0]), times)
+        self._check_start(dts, f"0 (a {type(self).__name__} starts at time 0)")
         return values, mask, dts, fixed_step_plan(dts, self.solver)
+
+    def _add_log_lik(self, log_lik: Tensor, y: Tensor, mask: Tensor, z: Tensor) -> Tensor:
+        """``log_lik`` plus the emission's log-density of ``y`` given ``z`` (less its auxiliary
+        training term in training)."""
+        log_lik = log_lik + self.emission.log_prob(y, mask, z)
+        if self.training:
+            log_lik = log_lik - self.emission.auxiliary_nll(y, mask, z)
+        return log_lik
 
     def decode(self, z0: Tensor, batch: IrregularBatch) -> tuple[Tensor, Tensor]:
         """``log p(x | z0)`` ``(S, B)`` of each series' observations under draws ``z0 (S, B, L)``,
@@ -216,10 +225,7 @@ class LatentODE(nn.Module):
         log_lik = ref.new_zeros(s * b)
         for k, n_steps in enumerate(plan):
             z = self._advance(z, dts[:, k].repeat(s), n_steps)
-            y, m = values[:, k].repeat(s, 1), mask[:, k].repeat(s, 1)
-            log_lik = log_lik + self.emission.log_prob(y, m, z)
-            if self.training:
-                log_lik = log_lik - self.emission.auxiliary_nll(y, m, z)
+            log_lik = self._add_log_lik(log_lik, values[:, k].repeat(s, 1), mask[:, k].repeat(s, 1), z)
         return log_lik.view(s, b), z.view(s, b, L)
 
     def log_weights(self, batch: IrregularBatch, n: int) -> tuple[Tensor, Tensor, Tensor]:
@@ -251,7 +257,7 @@ class LatentODE(nn.Module):
             if self.objective == "elbo"
             else self.iwae_bound(batch, self.n_samples)
         )
-        return -bound.sum() / batch.mask.sum().clamp_min(1).to(bound)
+        return self._per_observed_value(-bound.sum(), batch)
 
     def nll_terms(self, batch: IrregularBatch) -> tuple[Tensor, Tensor]:
         """``-log p(x)`` summed over series (IWAE estimate, ``eval_samples`` draws) and the count of
@@ -266,28 +272,13 @@ class LatentODE(nn.Module):
         probs = torch.softmax(lw.detach().T, dim=-1)  # (B, S)
         pick = torch.multinomial(probs, self.n_particles, replacement=True).T  # (S, B)
         z = z_last.gather(0, pick.unsqueeze(-1).expand(-1, -1, self.latent_dim))
-        ref = z_last
-        lengths = batch.lengths.to(ref.device)
-        last = (lengths - 1).clamp_min(0)
-        times = batch.times.to(ref)
-        t_last = torch.where(
-            lengths > 0, times.gather(1, last.unsqueeze(1)).squeeze(1), times.new_zeros(len(batch))
-        )
-        return ParticleState(z, t_last)
-
-    def _check_times(self, state: ParticleState, times: Tensor) -> Tensor:
-        times = torch.as_tensor(times).to(state.z)
-        b = state.z.shape[1]
-        if times.dim() != 2 or times.shape[0] != b:
-            raise ValueError(f"times must have shape (n_series={b}, n_queries), got {tuple(times.shape)}")
-        if times.numel() and bool((torch.diff(times, dim=1) < 0).any()):
-            raise ValueError("query times must be non-decreasing within each series")
-        return times
+        times = batch.times.to(z_last)
+        return ParticleState(z, self._last_times(times, batch.lengths, times.new_zeros(len(batch))))
 
     def _trajectories(self, z: Tensor, t0: Tensor, times: Tensor) -> Tensor:
         """Latent states ``(S, B, Q, L)`` at ``times (B, Q)`` from ``z (S, B, L)`` at ``t0 (B,)``."""
         s, b, L = z.shape
-        dts = torch.diff(torch.cat([t0.unsqueeze(1), times], dim=1), dim=1)
+        dts = self._intervals(t0, times)
         plan = fixed_step_plan(dts, self.solver)
         flat, out = z.reshape(s * b, L), []
         for k, n_steps in enumerate(plan):
@@ -299,14 +290,13 @@ class LatentODE(nn.Module):
 
     def predict(self, state: ParticleState, times: Tensor) -> MixturePredictive:
         """Predictive mixtures at ``times (B, Q)`` (no further observations assumed)."""
-        times = self._check_times(state, times)
+        times = self._check_query_times(times, state.z.shape[1], state.z)
         return MixturePredictive(self.emission, self._trajectories(state.z, state.time, times))
 
     def sample_paths(self, state: ParticleState, times: Tensor, n: int) -> Tensor:
         """Joint samples ``(n, B, Q, D)``: a particle per path, its trajectory, emission draws."""
-        times = self._check_times(state, times)
-        if n < 1:
-            raise ValueError(f"n must be >= 1, got {n}")
+        times = self._check_query_times(times, state.z.shape[1], state.z)
+        self._check_n_paths(n)
         s, b, L = state.z.shape
         pick = torch.randint(s, (n, b), device=state.z.device)
         z = state.z.gather(0, pick.unsqueeze(-1).expand(-1, -1, L))

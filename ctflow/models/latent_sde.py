@@ -23,9 +23,11 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from ..checks import choice
 from ..data.irregular import IrregularBatch
 from ..dynamics.sde import LatentSDEDynamics
-from ..ode import SDE_METHODS, fixed_step_plan, integrate_sde_intervals
+from ..ode import fixed_step_plan
+from ..sde import SDE_METHODS, integrate_sde_intervals
 from .latent_ode import LatentODE
 
 __all__ = ["LatentSDE"]
@@ -55,8 +57,7 @@ class LatentSDE(LatentODE):
         objective: str = "elbo",
         **kwargs,
     ):
-        if sde_method not in SDE_METHODS:
-            raise ValueError(f"unknown sde_method {sde_method!r}; valid: {', '.join(SDE_METHODS)}")
+        choice(sde_method, "sde_method", SDE_METHODS)
         dynamics = LatentSDEDynamics(latent_dim, hidden_size, ode_hidden, diffusion, learn_diffusion)
         super().__init__(
             n_variables,
@@ -111,10 +112,7 @@ class LatentSDE(LatentODE):
             if n_steps:
                 y = self._posterior_step(y, states[:, k].repeat(s, 1), dts[:, k].repeat(s), n_steps)
             z = y[:, :L]
-            obs, m = values[:, k].repeat(s, 1), mask[:, k].repeat(s, 1)
-            log_lik = log_lik + self.emission.log_prob(obs, m, z)
-            if self.training:
-                log_lik = log_lik - self.emission.auxiliary_nll(obs, m, z)
+            log_lik = self._add_log_lik(log_lik, values[:, k].repeat(s, 1), mask[:, k].repeat(s, 1), z)
         z_last = y[:, :L].view(s, b, L)
         return log_lik.view(s, b), y[:, L].view(s, b), y[:, L + 1].view(s, b), z_last
 
@@ -141,7 +139,7 @@ class LatentSDE(LatentODE):
         if self.dynamics.deterministic:
             return super()._trajectories(z, t0, times)
         s, b, L = z.shape
-        dts = torch.diff(torch.cat([t0.unsqueeze(1), times], dim=1), dim=1)
+        dts = self._intervals(t0, times)
         plan = fixed_step_plan(dts, self.solver)
         g = self.dynamics.diffusion().to(z)
         flat, out = z.reshape(s * b, L), []

@@ -37,12 +37,12 @@ from ctflow.data import load_double_ou
 from experiments.physionet2012 import machine
 from experiments.results_io import RESULTS, write_result
 
-MODELS: dict[str, dict[str, Any]] = {
-    "gru_gaussian": {},
-    "gru_mixlogistic": {"emission": "mixlogistic"},
-    "gru_maf": {"emission": "maf"},
-    "latent_ode": {"model": "latent_ode"},
-    "latent_sde": {"model": "latent_sde"},
+MODELS: dict[str, dict[str, Any]] = {  # the Forecaster's ``model``: a name and its settings
+    "gru_gaussian": {"name": "gru_ode_bayes"},
+    "gru_mixlogistic": {"name": "gru_ode_bayes", "emission": "mixlogistic"},
+    "gru_maf": {"name": "gru_ode_bayes", "emission": "maf"},
+    "latent_ode": {"name": "latent_ode"},
+    "latent_sde": {"name": "latent_sde"},
 }
 REFERENCE = "gru_gaussian"
 OPERATIONS = ("predict", "quantiles", "samples", "paths")
@@ -108,9 +108,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         n_series = work["context"]["unique_id"].nunique()
         results[dataset] = {"n_series": n_series, "n_queries": len(work["queries"]), "models": {}}
         for name in args.models:
-            params = {"p_hidden": 32, "hidden_size": 32, **MODELS[name]}
+            model = {"p_hidden": 32, "hidden_size": 32, **MODELS[name]}
             est = Forecaster(
-                **params,
+                model=model,
                 max_steps=args.fit_steps,
                 eval_every=args.fit_steps,
                 refit=False,

@@ -14,6 +14,9 @@ variables were measured, without imputing the rest. Three constructions:
   to the observed coordinates is triangular with a positive diagonal, so it is a normalised
   density over exactly those coordinates, with dependence between them.
 
+:class:`LastValueEmission` wraps any of them to model the change since each variable's last
+observed value. The constructions use the flow layers of :mod:`ctflow.flows`.
+
 All share one interface: ``log_prob(y, mask, context) -> (batch,)`` summed over observed values,
 ``log_prob_terms`` per variable, ``sample(context, n)`` (joint draws of all variables) and
 ``statistics`` (per-variable features for the GRU-Bayes update). Forecasts need each variable's
@@ -27,14 +30,17 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
+from typing import Any
 
 import torch
 from torch import Tensor, nn
 
-from .autoregressive import MADE, _DegreeByDegree
-from .mixture_cdf import logistic_mixture_bracket, logistic_mixture_log_cdfs
-from .nets import MLP, soft_clamp
-from .numerics import solve_increasing
+from ..checks import positive_int
+from ..flows.autoregressive import MADE, _DegreeByDegree
+from ..flows.mixture_cdf import logistic_mixture_bracket, logistic_mixture_log_cdfs
+from ..flows.nets import MLP, soft_clamp
+from ..flows.normal import check_levels, normal_cdf, normal_log_prob, normal_quantile
+from ..flows.numerics import solve_increasing
 
 __all__ = [
     "MaskedEmission",
@@ -43,31 +49,9 @@ __all__ = [
     "JointFlowEmission",
     "LastValueEmission",
     "make_emission",
+    "resolve_emission",
     "EMISSIONS",
 ]
-
-_LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
-
-
-def _normal_log_prob(z: Tensor) -> Tensor:
-    return -0.5 * z.square() - _LOG_SQRT_2PI
-
-
-def _normal_quantile(mu: Tensor, log_var: Tensor, q: float | Tensor) -> Tensor:
-    q = _check_levels(q, mu)
-    return mu + torch.exp(0.5 * log_var) * math.sqrt(2) * torch.erfinv(2 * q - 1)
-
-
-def _normal_cdf(y: Tensor, mu: Tensor, log_var: Tensor) -> Tensor:
-    return 0.5 * torch.erfc(-(y - mu) * torch.exp(-0.5 * log_var) / math.sqrt(2))
-
-
-def _check_levels(q: float | Tensor, like: Tensor) -> Tensor:
-    """Quantile levels as a tensor of ``like``'s dtype and device, each strictly inside (0, 1)."""
-    q = torch.as_tensor(q, dtype=like.dtype, device=like.device)
-    if not bool(((q > 0) & (q < 1)).all()):
-        raise ValueError(f"quantile levels must lie strictly between 0 and 1, got {q.tolist()}")
-    return q
 
 
 class MaskedEmission(nn.Module):
@@ -124,7 +108,7 @@ class MaskedEmission(nn.Module):
     def quantile(self, context: Tensor, q: float | Tensor, n_samples: int = 1000) -> Tensor:
         """Marginal quantiles ``(batch, dim)`` at levels ``q`` (a float, or a tensor that
         broadcasts to ``(batch, dim)``); Monte Carlo (interpolated order statistics) unless exact."""
-        q = _check_levels(q, context)
+        q = check_levels(q, context)
         draws = self.marginal_sample(context, n_samples).sort(0).values
         pos = (q * (n_samples - 1)).expand(draws.shape[1:])
         below = pos.floor().long().clamp(0, n_samples - 1)
@@ -157,11 +141,11 @@ class _GaussianMarginals:
 
     def cdf_function(self, context: Tensor) -> Callable[[Tensor], Tensor]:
         mu, log_var = self.marginal_params(context)
-        return lambda y: _normal_cdf(y, mu, log_var)
+        return lambda y: normal_cdf(y, mu, log_var)
 
     def quantile(self, context: Tensor, q: float | Tensor, n_samples: int = 0) -> Tensor:
         """Exact marginal quantiles ``(batch, dim)``."""
-        return _normal_quantile(*self.marginal_params(context), q)
+        return normal_quantile(*self.marginal_params(context), q)
 
     def marginal_sample(self, context: Tensor, n: int = 1) -> Tensor:
         mu, log_var = self.marginal_params(context)
@@ -214,7 +198,7 @@ class GaussianEmission(_GaussianMarginals, MaskedEmission):
     def log_prob_terms(self, y: Tensor, mask: Tensor, context: Tensor) -> Tensor:
         mu, log_var = self.params(context)
         resid = (y - mu) * torch.exp(-0.5 * log_var)
-        return (_normal_log_prob(resid) - 0.5 * log_var) * mask
+        return (normal_log_prob(resid) - 0.5 * log_var) * mask
 
     def statistics(self, y: Tensor, mask: Tensor, context: Tensor) -> Tensor:
         return self.log_prob_and_statistics(y, mask, context)[1]
@@ -222,7 +206,7 @@ class GaussianEmission(_GaussianMarginals, MaskedEmission):
     def log_prob_and_statistics(self, y: Tensor, mask: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
         mu, log_var = self.params(context)
         resid = (y - mu) * torch.exp(-0.5 * log_var)
-        log_prob = ((_normal_log_prob(resid) - 0.5 * log_var) * mask).sum(-1)
+        log_prob = ((normal_log_prob(resid) - 0.5 * log_var) * mask).sum(-1)
         return log_prob, torch.stack([y, mu, log_var, resid], dim=-1) * mask.unsqueeze(-1)
 
     def marginal_params(self, context: Tensor) -> tuple[Tensor, Tensor]:
@@ -253,8 +237,7 @@ class PerVariableFlowEmission(MaskedEmission):
         hidden: Sequence[int] = (25,),
         n_components: int = 4,
     ):
-        if n_components < 1:
-            raise ValueError(f"n_components must be >= 1, got {n_components}")
+        positive_int(n_components, "n_components")
         super().__init__(dim, context_dim)
         self.k = n_components
         self.net = MLP(context_dim, dim * 3 * n_components, hidden, zero_init=False)
@@ -301,7 +284,7 @@ class PerVariableFlowEmission(MaskedEmission):
 
     def quantile(self, context: Tensor, q: float | Tensor, n_samples: int = 0) -> Tensor:
         log_w, means, log_s = self.mixture(context)
-        level = _check_levels(q, means).expand(means.shape[:-1])
+        level = check_levels(q, means).expand(means.shape[:-1])
         target = torch.log(level) - torch.log1p(-level)
         lo, hi = logistic_mixture_bracket(target, means, log_s)
         weights, inv_scale = log_w.exp(), (-log_s).exp()
@@ -383,14 +366,14 @@ class JointFlowEmission(_GaussianMarginals, MaskedEmission):
 
     def log_prob_terms(self, y: Tensor, mask: Tensor, context: Tensor) -> Tensor:
         z, ladj = self._forward(y, mask, context)
-        return (_normal_log_prob(z) + ladj) * mask
+        return (normal_log_prob(z) + ladj) * mask
 
     def statistics(self, y: Tensor, mask: Tensor, context: Tensor) -> Tensor:
         return self.log_prob_and_statistics(y, mask, context)[1]
 
     def log_prob_and_statistics(self, y: Tensor, mask: Tensor, context: Tensor) -> tuple[Tensor, Tensor]:
         z, ladj = self._forward(y, mask, context)
-        terms = (_normal_log_prob(z) + ladj) * mask
+        terms = (normal_log_prob(z) + ladj) * mask
         return terms.sum(-1), torch.stack([y, z, terms], dim=-1) * mask.unsqueeze(-1)
 
     def marginal_params(self, context: Tensor) -> tuple[Tensor, Tensor]:
@@ -534,3 +517,19 @@ def make_emission(name: str, dim: int, context_dim: int, **options) -> MaskedEmi
             "every subset of observed variables, which these constructions do)"
         )
     return EMISSIONS[key](dim, context_dim, **options)
+
+
+def resolve_emission(
+    emission: str | MaskedEmission, dim: int, context_dim: int, options: dict[str, Any]
+) -> MaskedEmission:
+    """A model's emission: built by :func:`make_emission` with ``options`` from a name, or an
+    instance checked to be a :class:`MaskedEmission` over ``dim`` variables and ``context_dim``."""
+    if isinstance(emission, str):
+        return make_emission(emission, dim, context_dim, **options)
+    if not isinstance(emission, MaskedEmission):
+        raise TypeError(f"emission must be a name or a MaskedEmission, got {type(emission).__name__}")
+    if emission.context_dim != context_dim:
+        raise ValueError(f"the emission's context_dim must be {context_dim}, got {emission.context_dim}")
+    if emission.dim != dim:
+        raise ValueError(f"the emission's dim must be {dim} (one per variable), got {emission.dim}")
+    return emission

@@ -1,0 +1,171 @@
+"""The contract every sequence model keeps, and the helpers its implementations share.
+
+A sequence model is a density over irregularly sampled, partly observed multivariate series
+(:class:`~ctflow.data.IrregularBatch` with ``B`` series of up to ``N`` observation rows over ``D``
+variables). It is trained by :meth:`SequenceModel.loss`, scored by
+:meth:`SequenceModel.nll_terms` and forecasts in two steps: :meth:`SequenceModel.filter`
+conditions on the observed context, then :meth:`SequenceModel.predict` gives marginal predictive
+densities at later times and :meth:`SequenceModel.sample_paths` joint draws over them.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable
+from typing import Any, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from ..checks import positive_int
+from ..data.irregular import IrregularBatch
+from ..ode import NFECounter, SolverOptions, integrate_intervals
+
+__all__ = ["Predictive", "SequenceModel"]
+
+
+class Predictive(Protocol):
+    """Predictive densities at ``Q`` query times of each of ``B`` series over ``D`` variables.
+
+    ``log_prob`` scores values jointly over the observed variables of each query point; every
+    other quantity is per variable (the marginal predictive).
+    """
+
+    def log_prob(self, y: Tensor, mask: Tensor | None = None) -> Tensor:
+        """Log-density ``(B, Q)`` in nats of the entries of ``y (B, Q, D)`` where ``mask`` is 1
+        (default: all observed)."""
+
+    def mean(self, n_samples: int = 256) -> Tensor:
+        """Marginal means ``(B, Q, D)``."""
+
+    def variance(self, n_samples: int = 256) -> Tensor:
+        """Marginal variances ``(B, Q, D)``."""
+
+    def cdf(self, y: Tensor) -> Tensor:
+        """Marginal CDFs at ``y (B, Q, D)``."""
+
+    def quantile(self, q: float | Tensor, n_samples: int = 1000) -> Tensor:
+        """Marginal quantiles ``(B, Q, D)`` at level ``q`` (strictly inside (0, 1))."""
+
+    def sample(self, n: int) -> Tensor:
+        """``n`` draws ``(n, B, Q, D)`` from each query point's marginals, independently per point."""
+
+
+class SequenceModel(nn.Module, abc.ABC):
+    """A density over irregularly sampled series that can be trained, scored and forecast from.
+
+    A filter state (what :meth:`filter` returns) is opaque to callers: they pass it back to
+    :meth:`predict` and :meth:`sample_paths` of the same model, whose query ``times (B, Q)`` are
+    in the batch's time units, one row per series of the filtered batch, non-decreasing within
+    each row and not before that series' last observation.
+
+    ``n_particles``: how many states a filter state holds per series (1, or the posterior
+    particles of models that forecast from a mixture), which sizes forecasting's chunks.
+    """
+
+    n_particles: int = 1
+
+    @abc.abstractmethod
+    def loss(self, batch: IrregularBatch) -> Tensor:
+        """The training objective, a scalar to minimise, in nats per observed value.
+
+        It is the model's negative log-likelihood of ``batch`` (or a negative bound on it, plus
+        any training-only terms) summed over series and divided by the number of observed values
+        (1 if there are none); an ensemble sums its members' losses. Training mode may draw
+        random numbers (posterior samples, dropout of updates).
+        """
+
+    @abc.abstractmethod
+    def nll_terms(self, batch: IrregularBatch) -> tuple[Tensor, Tensor]:
+        """For evaluation: the total negative log-likelihood of ``batch`` in nats (a scalar
+        tensor, summed over every observed value of every series; an estimate or bound where the
+        likelihood is intractable) and the number of observed values (a scalar tensor).
+
+        Their ratio is the NLL per observed value; summing both over batches and dividing gives
+        it for a whole data set.
+        """
+
+    @abc.abstractmethod
+    def filter(self, batch: IrregularBatch) -> Any:
+        """The state of every series of ``batch`` after its last observation (conditioned on all
+        its observations), for :meth:`predict` and :meth:`sample_paths`."""
+
+    @abc.abstractmethod
+    def predict(self, state: Any, times: Tensor) -> Predictive:
+        """Predictive densities at query ``times (B, Q)`` from a :meth:`filter` state, with no
+        further observations assumed: each query point's marginal predictive (:class:`Predictive`)."""
+
+    @abc.abstractmethod
+    def sample_paths(self, state: Any, times: Tensor, n: int) -> Tensor:
+        """``n >= 1`` joint draws ``(n, B, Q, D)`` of all variables over the query ``times (B, Q)``
+        from a :meth:`filter` state: each path is one draw of the whole future (draws at later
+        times depend on those at earlier ones), unlike :meth:`Predictive.sample`."""
+
+    def _reference(self) -> Tensor:
+        """A parameter: data are moved to its dtype and device (the model's)."""
+        for p in self.parameters():
+            return p
+        raise RuntimeError(f"{type(self).__name__} has no parameters to take a dtype and device from")
+
+    # ------------------------------------------------------------------ shared helpers
+
+    @staticmethod
+    def _last_times(times: Tensor, lengths: Tensor, default: Tensor) -> Tensor:
+        """Each series' last observation time ``(B,)`` from padded ``times (B, N)`` and ``lengths
+        (B,)``; ``default (B,)`` for a series without observations."""
+        lengths = lengths.to(times.device)
+        if not times.shape[1]:
+            return default
+        last = (lengths - 1).clamp_min(0)
+        return torch.where(lengths > 0, times.gather(1, last.unsqueeze(1)).squeeze(1), default)
+
+    @staticmethod
+    def _intervals(start: Tensor, times: Tensor) -> Tensor:
+        """Lengths ``(B, K)`` of the intervals from ``start (B,)`` through ``times (B, K)``."""
+        return torch.diff(torch.cat([start.unsqueeze(1), times], dim=1), dim=1)
+
+    @staticmethod
+    def _check_start(dts: Tensor, start: str) -> None:
+        """Raise a ``ValueError`` if an interval of ``dts`` is negative, i.e. (times being sorted
+        within each series) an observation comes before the ``start`` of its series' dynamics."""
+        if dts.numel() and float(dts.min()) < 0:
+            raise ValueError(f"observation times must be >= {start}")
+
+    @staticmethod
+    def _check_query_times(times: Tensor, n_series: int, like: Tensor) -> Tensor:
+        """Query ``times`` as a tensor of ``like``'s dtype and device, checked to have shape
+        ``(n_series, Q)`` and to be non-decreasing within each series."""
+        times = torch.as_tensor(times).to(like)
+        if times.dim() != 2 or times.shape[0] != n_series:
+            raise ValueError(
+                f"times must have shape (n_series={n_series}, n_queries), got {tuple(times.shape)}"
+            )
+        if times.numel() and bool((torch.diff(times, dim=1) < 0).any()):
+            raise ValueError("query times must be non-decreasing within each series")
+        return times
+
+    @staticmethod
+    def _check_n_paths(n: int) -> None:
+        """Raise a ``ValueError`` unless at least one path is asked for."""
+        positive_int(n, "n")
+
+    @staticmethod
+    def _per_observed_value(total: Tensor, batch: IrregularBatch) -> Tensor:
+        """``total`` divided by the number of observed values of ``batch`` (at least 1)."""
+        return total / batch.mask.sum().clamp_min(1).to(total)
+
+    @staticmethod
+    def _integrate(
+        field: Callable[[Tensor], Tensor],
+        x: Tensor,
+        dt: Tensor,
+        solver: SolverOptions,
+        n_steps: int | None,
+        counter: NFECounter | None = None,
+    ) -> Tensor:
+        """States ``x (B, H)`` integrated under ``dx/dt = field(x)`` over intervals ``dt (B,)``, each row
+        over its own: ``n_steps`` fixed steps (from :func:`ctflow.ode.fixed_step_plan`; ``0`` leaves
+        ``x`` as it is), ``None`` for the solver's own choice."""
+        if n_steps == 0:
+            return x
+        return integrate_intervals(field, x, dt, solver, n_steps, counter=counter)
