@@ -230,9 +230,7 @@ def _frame_defect(
         else:
             new = t.copy()
             new.iloc[r] = pd.NaT
-            # This message shows a numpy row label with its type, e.g. np.int64(5).
-            row = rf"(?:{_row_label(df, r)}|np\.int64\({_row_label(df, r)}\))"
-            message = rf"^time column {tc} has a missing value \(NaT\) at row {row}$"
+            message = rf"^time column {tc} has a missing value \(NaT\) at row {_row_label(df, r)}$"
         return _with_column(df, time_col, new), {}, ValueError, message
     if what == "value_dtype":
         x = df[col].astype(np.float64).to_numpy()
@@ -315,10 +313,7 @@ def frames(draw: Any) -> tuple[pd.DataFrame, dict[str, Any], Rejected | None]:
     lengths = draw(st.lists(st.integers(1, 4), min_size=n_series, max_size=n_series))
     n = sum(lengths)
     time_kind = draw(st.sampled_from(["float"] * 3 + ["int", "datetime", "datetime_tz", "timedelta"]))
-    # Ids of mixed types go with numeric times only: inferring the unit of datetime or timedelta
-    # times sorts the rows by id, which such ids do not allow (a TypeError from pandas).
-    mixed = ["mixed"] if time_kind in ("float", "int") else []
-    id_kind = draw(st.sampled_from(["int", "str", "float", "category", "bool", *mixed]))
+    id_kind = draw(st.sampled_from(["int", "str", "float", "category", "bool", "mixed"]))
     kinds = draw(
         st.lists(st.sampled_from(["float"] * 4 + ["int", "Int64", "Float64"]), min_size=1, max_size=3)
     )
@@ -926,3 +921,11 @@ def test_datetime_model_queries():
         model.predict(df, times=times.assign(ds=times["ds"].dt.tz_localize(None)))
     with pytest.raises(ValueError, match="not after its last observation"):
         model.predict(df, times=times.assign(ds=times["ds"] - pd.Timedelta("1D")))
+
+
+def test_ids_of_types_that_do_not_order_together_work_with_datetimes():
+    times = pd.to_datetime(["2024-01-01", "2024-01-03", "2024-01-02", "2024-01-05", "2024-01-06"])
+    df = pd.DataFrame({"unique_id": [1, 1, "a", "a", "a"], "ds": times, "y": [0.0, 1.0, 2.0, 2.5, 3.0]})
+    model = tiny().fit(df)
+    assert model.codec_.unit == "D"
+    assert list(model.predict(df, horizon=[1.0])["unique_id"]) == [1, "a"]

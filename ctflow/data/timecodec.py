@@ -235,12 +235,15 @@ def _check_no_missing(times: pd.Series, column: str) -> None:
     missing = times.isna().to_numpy()
     if missing.any():
         row = times.index[np.flatnonzero(missing)[0]]
+        row = row.item() if isinstance(row, np.generic) else row  # 5, not np.int64(5)
         raise ValueError(f"time column {column!r} has a missing value (NaT) at row {row!r}")
 
 
 def _infer_unit(times: pd.Series, series_ids: pd.Series) -> str:
     """The largest unit from days down in which the median gap between observations is >= 1."""
-    frame = pd.DataFrame({"id": series_ids.to_numpy(), "t": times.to_numpy()}).sort_values(["id", "t"])
+    # Ids as codes: ids of types that do not order together (1, "a") still group.
+    codes = pd.factorize(series_ids.to_numpy())[0]
+    frame = pd.DataFrame({"id": codes, "t": times.to_numpy()}).sort_values(["id", "t"])
     gaps = frame.groupby("id", sort=False)["t"].diff().dropna()
     gaps = gaps[gaps > pd.Timedelta(0)]
     if gaps.empty:
