@@ -23,6 +23,7 @@ from .irregular import (
     truncate,
 )
 from .physionet import PHYSIONET2012_DESCRIPTORS, PHYSIONET2012_VARIABLES, load_physionet2012
+from .pk import PKData, PKTruth, simulate_pk
 from .toy2d import TOY2D, checkerboard, eight_gaussians, load_toy2d, rings, true_log_density, two_moons
 
 __all__ = [
@@ -34,6 +35,8 @@ __all__ = [
     "TOY2D",
     "IrregularBatch",
     "OULatent",
+    "PKData",
+    "PKTruth",
     "checkerboard",
     "collate",
     "data_path",
@@ -46,6 +49,7 @@ __all__ = [
     "load_physionet2012",
     "load_toy2d",
     "rings",
+    "simulate_pk",
     "split_series",
     "to_dataframe",
     "true_log_density",
