@@ -32,7 +32,7 @@ TINY = {
 # Every generated case fits and forecasts a valid input (the case itself, or the input its defect
 # was put into): 150 cases per property keep the file's run time near that of rejection-only checks.
 SETTINGS = settings(
-    max_examples=150,
+    max_examples=60,
     deadline=None,
     derandomize=True,
     suppress_health_check=[HealthCheck.too_slow, HealthCheck.data_too_large, HealthCheck.filter_too_much],

@@ -21,13 +21,27 @@ def _run(code: str) -> Any:
     return json.loads(done.stdout.strip().splitlines()[-1])
 
 
-def test_importing_flows_loads_no_time_series_layer():
-    loaded = _run(
+@pytest.fixture(scope="module")
+def fresh_imports() -> dict[str, Any]:
+    """In one fresh interpreter: the ctflow modules that ``import ctflow.flows`` loads, whether
+    the heavy layers are still unloaded, then every exported name imported from ``ctflow``."""
+    return _run(
         """
 import json, sys, ctflow.flows
-print(json.dumps(sorted(m for m in sys.modules if m.startswith("ctflow"))))
+flows_only = sorted(m for m in sys.modules if m.startswith("ctflow"))
+lazy = "ctflow.estimator" not in sys.modules and "ctflow.models" not in sys.modules
+exported = {}
+for name in ctflow.__all__:
+    exec(f"from ctflow import {name} as value")
+    exported[name] = getattr(ctflow, name) is value
+missing = sorted(set(ctflow.__all__) - set(dir(ctflow)))
+print(json.dumps({"flows_only": flows_only, "lazy": lazy, "exported": exported, "missing": missing}))
 """
     )
+
+
+def test_importing_flows_loads_no_time_series_layer(fresh_imports):
+    loaded = fresh_imports["flows_only"]
     assert "ctflow.flows" in loaded
     above = ("ctflow.models", "ctflow.dynamics", "ctflow.data")
     assert [m for m in loaded if m.startswith(above)] == []
@@ -43,22 +57,10 @@ def test_flows_hold_no_emissions():
         assert not hasattr(ctflow.flows, name)
 
 
-def test_top_level_names_load_lazily():
-    names = _run(
-        """
-import json, sys, ctflow
-lazy = "ctflow.estimator" not in sys.modules and "ctflow.models" not in sys.modules
-exported = {}
-for name in ctflow.__all__:
-    exec(f"from ctflow import {name} as value")
-    exported[name] = getattr(ctflow, name) is value
-missing = sorted(set(ctflow.__all__) - set(dir(ctflow)))
-print(json.dumps({"lazy": lazy, "exported": exported, "missing": missing}))
-"""
-    )
-    assert names["lazy"]
-    assert names["exported"] and all(names["exported"].values())
-    assert names["missing"] == []
+def test_top_level_names_load_lazily(fresh_imports):
+    assert fresh_imports["lazy"]
+    assert fresh_imports["exported"] and all(fresh_imports["exported"].values())
+    assert fresh_imports["missing"] == []
 
 
 def test_top_level_attributes():
