@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import numbers
@@ -21,6 +22,7 @@ from sklearn.utils.validation import check_is_fitted
 from . import __version__
 from .checkpoint import atomic_directory
 from .checks import positive_int, probability
+from .data.covariates import StaticEncoder
 from .data.irregular import IrregularBatch, collate, holdout_last, split_series
 from .data.prepare import PreparedSeries, QueryGrid, Scaling, check_frame, prepare_series, query_grid
 from .data.timecodec import TimeCodec
@@ -77,6 +79,12 @@ def _torch_threads(n: int | None) -> Iterator[None]:
 
 VALIDATION_SCHEMES = ("last", "series")
 MIN_WEIGHT_DECAY = 1e-4  # of weight_decay="auto": what large data sets get
+
+
+def _with_static(series: PreparedSeries, encoder: StaticEncoder, static_df: pd.DataFrame) -> PreparedSeries:
+    """``series`` with the encoded static covariates of its series."""
+    features = encoder.transform(static_df, list(series.ids), "static_df")
+    return dataclasses.replace(series, static=features, static_names=encoder.feature_names)
 
 
 def _members(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -194,8 +202,17 @@ class Forecaster(BaseEstimator):
     def _settings(self) -> ModelSettings:
         return model_settings(self.model)
 
-    def _model_kwargs(self) -> dict[str, Any]:
-        return self._settings().model_kwargs()
+    def _model_kwargs(self, encoder: StaticEncoder | None = None) -> dict[str, Any]:
+        settings = self._settings()
+        kwargs = settings.model_kwargs()
+        if encoder is not None:
+            if settings.name != "gru_ode_bayes":
+                raise ValueError(
+                    f"static covariates are taken by gru_ode_bayes; {settings.name} does not use them: "
+                    "fit without static_df"
+                )
+            kwargs["static_dim"] = encoder.n_features
+        return kwargs
 
     def set_params(self, **params: Any) -> Forecaster:
         """Set parameters, ``model__<name>`` included (sklearn's nested form). A model given by
@@ -241,6 +258,7 @@ class Forecaster(BaseEstimator):
         time_unit: str | None = None,
         checkpoint: str | os.PathLike | None = None,
         resume: bool = False,
+        static_df: pd.DataFrame | None = None,
     ) -> Forecaster:
         """Fit on a long frame: ``id_col``, ``time_col`` (numbers, datetimes or timedeltas) and
         the value columns (default: every other column; NaN where not measured).
@@ -255,10 +273,16 @@ class Forecaster(BaseEstimator):
         with ``resume=True`` an interrupted fit continues from it (exactly, on CPU, without a
         ``time_limit``). Under ``torchrun --nproc_per_node=N`` the fit is data-parallel
         (``batch_size`` series per process and step) and every process ends with the same model.
+
+        ``static_df``: static covariates, one row per series (``id_col`` and numeric, categorical,
+        text or boolean columns; see :class:`ctflow.data.covariates.StaticEncoder`), encoded with
+        the training series' statistics and categories, which the model remembers. GRU-ODE-Bayes
+        starts each series from a state set by them; every prediction method then takes the
+        ``static_df`` of the series it forecasts.
         """
         self._check_fit_params()
         with _torch_threads(self.n_threads):
-            return self._fit(df, id_col, time_col, value_cols, time_unit, checkpoint, resume)
+            return self._fit(df, id_col, time_col, value_cols, time_unit, checkpoint, resume, static_df)
 
     def _fit(
         self,
@@ -269,13 +293,21 @@ class Forecaster(BaseEstimator):
         time_unit: str | None,
         checkpoint: str | os.PathLike | None,
         resume: bool,
+        static_df: pd.DataFrame | None,
     ) -> Forecaster:
         values = check_frame(df, id_col, time_col, value_cols)
         codec = TimeCodec.fit(df[time_col], df[id_col], time_unit, time_col)
         series = prepare_series(df, id_col, time_col, values, codec)
+        encoder = None
+        if static_df is not None:
+            training_rows = (
+                static_df[static_df[id_col].isin(series.ids)] if id_col in static_df else static_df
+            )
+            encoder = StaticEncoder.fit(training_rows, id_col)
+            series = _with_static(series, encoder, static_df)
         scaling = Scaling.fit(series.raw)
         device = resolve_device(self.device)
-        kwargs = self._model_kwargs()
+        kwargs = self._model_kwargs(encoder)
         batch = series.model_batch(scaling)
         seed = self.random_state
         with _seeded(seed, device):
@@ -312,6 +344,7 @@ class Forecaster(BaseEstimator):
         model.eval()
         self.model_ = model
         self.model_kwargs_ = kwargs
+        self.static_encoder_ = encoder
         self.n_models_ = len(_members(model))
         self.codec_ = codec
         self.scaling_ = scaling
@@ -412,10 +445,23 @@ class Forecaster(BaseEstimator):
         return train, None, (context.select(keep, trim=True), target.select(keep, trim=True))
 
     # ------------------------------------------------------------------ shared prediction machinery
-    def _context(self, df: pd.DataFrame, name: str = "df") -> PreparedSeries:
+    def _context(
+        self, df: pd.DataFrame, name: str = "df", static_df: pd.DataFrame | None = None
+    ) -> PreparedSeries:
         check_is_fitted(self)
         check_frame(df, self.id_col_, self.time_col_, self.value_cols_, name=name)
-        return prepare_series(df, self.id_col_, self.time_col_, self.value_cols_, self.codec_, name=name)
+        series = prepare_series(df, self.id_col_, self.time_col_, self.value_cols_, self.codec_, name=name)
+        encoder = getattr(self, "static_encoder_", None)
+        if encoder is None:
+            if static_df is not None:
+                raise ValueError("static_df was given, but this model was fitted without static covariates")
+            return series
+        if static_df is None:
+            raise ValueError(
+                f"this model was fitted with static covariates {encoder.columns}: pass static_df with a "
+                f"row per series of {name}"
+            )
+        return _with_static(series, encoder, static_df)
 
     def _queries(self, context: PreparedSeries, times: pd.DataFrame | None, horizon: Any) -> QueryGrid:
         return query_grid(context, self.codec_, self.id_col_, self.time_col_, times=times, horizon=horizon)
@@ -500,12 +546,13 @@ class Forecaster(BaseEstimator):
         levels: Sequence[float],
         n_samples: int | None,
         want_mean: bool = False,
+        static_df: pd.DataFrame | None = None,
     ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray | None]:
         """The query frame, quantiles ``(len(levels), Q, D)`` of each query's marginal predictive
         in original units (exact where the model's predictive has them, every built-in emission;
         else from ``n_samples`` draws) and, with ``want_mean``, the means ``(Q, D)``, all from one
         filter pass."""
-        context = self._context(df)
+        context = self._context(df, static_df=static_df)
         grid = self._queries(context, times, horizon)
         n = self._n(n_samples)
         model, scaling = self.model_, self.scaling_
@@ -538,12 +585,14 @@ class Forecaster(BaseEstimator):
         n_samples: int | None = None,
         paths: bool = False,
         seed: int | None = None,
+        static_df: pd.DataFrame | None = None,
     ) -> Forecast:
         """Forecast at ``times`` (a frame of id, time query rows) or at ``horizon`` offsets after
         each series' last observation in ``df`` (the context). ``paths=True`` draws joint sample
         paths over each series' queries (sample, update as if observed, continue); otherwise
-        independent draws from each query's predictive marginal."""
-        context = self._context(df)
+        independent draws from each query's predictive marginal. ``static_df``: the static
+        covariates of the series of ``df``, for a model fitted with them."""
+        context = self._context(df, static_df=static_df)
         grid = self._queries(context, times, horizon)
         n = self._n(n_samples)
         queries = self._query_frame(context, grid)
@@ -561,10 +610,14 @@ class Forecaster(BaseEstimator):
         )
 
     def predict(
-        self, df: pd.DataFrame, times: pd.DataFrame | None = None, horizon: Sequence[Any] | None = None
+        self,
+        df: pd.DataFrame,
+        times: pd.DataFrame | None = None,
+        horizon: Sequence[Any] | None = None,
+        static_df: pd.DataFrame | None = None,
     ) -> pd.DataFrame:
         """Point forecasts (predictive means): id, time and one column per variable, one row per query."""
-        context = self._context(df)
+        context = self._context(df, static_df=static_df)
         grid = self._queries(context, times, horizon)
         out = self._query_frame(context, grid)
         with _seeded(self._seed(None), self.device_):
@@ -579,12 +632,15 @@ class Forecaster(BaseEstimator):
         horizon: Sequence[Any] | None = None,
         quantiles: Sequence[float] = (0.1, 0.5, 0.9),
         n_samples: int | None = None,
+        static_df: pd.DataFrame | None = None,
     ) -> pd.DataFrame:
         """Marginal quantiles: id, time and ``{variable}_q{100 q}`` columns. Exact (solved from
         the predictive CDF) for every built-in emission; ``n_samples`` draws serve only models
         whose predictive has no CDF."""
         levels = check_quantiles(quantiles)
-        queries, values, _ = self._marginal_quantiles(df, times, horizon, levels, n_samples)
+        queries, values, _ = self._marginal_quantiles(
+            df, times, horizon, levels, n_samples, static_df=static_df
+        )
         return quantile_frame(queries, self.value_cols_, levels, values)
 
     def predict_table(
@@ -594,12 +650,13 @@ class Forecaster(BaseEstimator):
         horizon: Sequence[Any] | None = None,
         quantiles: Sequence[float] = (0.025, 0.1, 0.5, 0.9, 0.975),
         n_samples: int | None = None,
+        static_df: pd.DataFrame | None = None,
     ) -> pd.DataFrame:
         """Long frame: id, time, variable, predictive mean and one column ``q{100 q}`` per level
         (exact, as :meth:`predict_quantiles`); the layout of :meth:`Forecast.to_frame`."""
         levels = check_quantiles(quantiles)
         queries, values, means = self._marginal_quantiles(
-            df, times, horizon, levels, n_samples, want_mean=True
+            df, times, horizon, levels, n_samples, want_mean=True, static_df=static_df
         )
         return long_table(queries, self.value_cols_, means, levels, values)
 
@@ -610,11 +667,14 @@ class Forecaster(BaseEstimator):
         horizon: Sequence[Any] | None = None,
         coverage: Sequence[float] = (0.8, 0.95),
         n_samples: int | None = None,
+        static_df: pd.DataFrame | None = None,
     ) -> pd.DataFrame:
         """Central intervals: id, time, ``{variable}_lower_{pct}`` and ``{variable}_upper_{pct}``
         (exact quantiles, as :meth:`predict_quantiles`)."""
         levels = check_coverage(coverage)
-        queries, values, _ = self._marginal_quantiles(df, times, horizon, interval_levels(levels), n_samples)
+        queries, values, _ = self._marginal_quantiles(
+            df, times, horizon, interval_levels(levels), n_samples, static_df=static_df
+        )
         return interval_frame(queries, self.value_cols_, levels, values)
 
     def sample(
@@ -625,18 +685,23 @@ class Forecaster(BaseEstimator):
         n_samples: int | None = None,
         paths: bool = True,
         seed: int | None = None,
+        static_df: pd.DataFrame | None = None,
     ) -> np.ndarray:
         """Samples ``(n_samples, n_queries, n_variables)`` in original units; joint sample paths
         over each series' queries by default (``paths=False``: independent marginal draws)."""
-        return self.forecast(df, times, horizon, n_samples, paths=paths, seed=seed).samples
+        return self.forecast(
+            df, times, horizon, n_samples, paths=paths, seed=seed, static_df=static_df
+        ).samples
 
-    def predictive_log_prob(self, df: pd.DataFrame, targets: pd.DataFrame) -> np.ndarray:
+    def predictive_log_prob(
+        self, df: pd.DataFrame, targets: pd.DataFrame, static_df: pd.DataFrame | None = None
+    ) -> np.ndarray:
         """Log-density, in the data's units, of each row of ``targets`` (id, time and the value
         columns; NaN where not observed) under the model's predictive at its time given the
         context ``df``, the other target rows unseen: one value per row, summed over the row's
         observed variables (0 for a row with none). Each target time must lie after its series'
         last observation in ``df``."""
-        context = self._context(df)
+        context = self._context(df, static_df=static_df)
         missing = [c for c in self.value_cols_ if c not in targets.columns]
         if missing:
             raise ValueError(
@@ -664,11 +729,11 @@ class Forecaster(BaseEstimator):
         # Model units are (x - mean) / scale: a value's density in the data's units is 1/scale times it.
         return out - observed @ np.log(self.scaling_.scale)
 
-    def score(self, df: pd.DataFrame, y: Any = None) -> float:
+    def score(self, df: pd.DataFrame, y: Any = None, static_df: pd.DataFrame | None = None) -> float:
         """Mean log-likelihood per observed value of one-step-ahead predictions, in the original
         units of the data (higher is better): each observation is scored by the model's predictive
         density given everything observed before it in its series."""
-        context = self._context(df)
+        context = self._context(df, static_df=static_df)
         batch = context.model_batch(self.scaling_)
         nll = evaluate_sequence_nll(self.model_, batch)
         counts = batch.mask.double().sum((0, 1)).numpy()
@@ -698,6 +763,7 @@ class Forecaster(BaseEstimator):
             "params": params,
             "fitted": {
                 "model_kwargs": self.model_kwargs_,
+                "static_encoder": None if self.static_encoder_ is None else self.static_encoder_.to_dict(),
                 "n_models": self.n_models_,
                 "id_col": self.id_col_,
                 "time_col": self.time_col_,
@@ -779,6 +845,8 @@ class Forecaster(BaseEstimator):
             if len(values) != len(scaling.mean):
                 raise ValueError("value_cols and scaling disagree in length")
             kwargs = dict(fitted["model_kwargs"])
+            static = fitted.get("static_encoder")
+            encoder = None if static is None else StaticEncoder.from_dict(static)
             model = est._build(len(values), kwargs, int(fitted.get("n_models", est.n_members)))
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{source / CONFIG_FILE} is incomplete or invalid: {err!r}") from err
@@ -798,7 +866,7 @@ class Forecaster(BaseEstimator):
             )
         model.load_state_dict(state)
         model.to(resolved).eval()
-        est.model_, est.model_kwargs_ = model, kwargs
+        est.model_, est.model_kwargs_, est.static_encoder_ = model, kwargs, encoder
         est.n_models_ = len(_members(model))
         est.codec_, est.scaling_ = codec, scaling
         est.id_col_, est.time_col_, est.value_cols_ = fitted["id_col"], fitted["time_col"], values

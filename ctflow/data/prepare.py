@@ -181,12 +181,16 @@ class Scaling:
 class PreparedSeries:
     """Checked series: ``raw`` holds encoded (unscaled) float64 times and original values, with
     each series' first (``origin``) and last observation time, and ``history`` the observations
-    as a frame in original units. :meth:`model_batch` gives the batch in model units."""
+    as a frame in original units; ``static`` the encoded static covariates ``(B, S)`` of the
+    series (None without), named ``static_names``. :meth:`model_batch` gives the batch in model
+    units."""
 
     raw: IrregularBatch
     origin: np.ndarray
     last_time: np.ndarray
     history: pd.DataFrame
+    static: np.ndarray | None = None
+    static_names: list[str] | None = None
 
     @property
     def ids(self) -> np.ndarray:
@@ -225,6 +229,8 @@ class PreparedSeries:
             id_col=raw.id_col,
             time_col=raw.time_col,
             id_dtype=raw.id_dtype,
+            static=None if self.static is None else torch.from_numpy(self.static).to(dtype),
+            static_names=self.static_names,
             validate=False,
         )
 
