@@ -52,6 +52,14 @@ def read_csv(path: str | os.PathLike) -> pd.DataFrame:
         raise InputError(f"{source}: cannot read it as CSV ({str(err).strip().splitlines()[0]})") from err
 
 
+STATIC_HELP = "static covariates: one row per series, the id column and covariate columns"
+
+
+def _static(args: argparse.Namespace) -> pd.DataFrame | None:
+    """The ``--static`` CSV, if given."""
+    return read_csv(args.static) if getattr(args, "static", None) else None
+
+
 def _check_column(df: pd.DataFrame, column: str, path: str | os.PathLike, role: str) -> None:
     if column not in df.columns:
         raise InputError(f"{path}: no {role} column {column!r}; columns are {list(map(str, df.columns))}")
@@ -186,6 +194,7 @@ def add_fit_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--verbose", action="store_true", help="show a progress bar")
     p.add_argument("--checkpoint", help="training checkpoint file, written atomically after every epoch")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
+    p.add_argument("--static", metavar="STATIC.csv", help=STATIC_HELP)
     p.set_defaults(func=run_fit)
 
 
@@ -242,6 +251,7 @@ def run_fit(args: argparse.Namespace) -> int:
         time_unit=args.time_unit,
         checkpoint=args.checkpoint,
         resume=args.resume,
+        static_df=_static(args),
     )
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun every process holds the same model; rank 0 writes it
@@ -285,6 +295,7 @@ def add_forecast_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--plot", metavar="PNG", help="also plot forecasts to this image")
     p.add_argument("--plot-series", nargs="+", metavar="ID", help="series to plot (default: the first)")
     p.add_argument("--device", help="auto, cpu or cuda (default: as saved)")
+    p.add_argument("--static", metavar="STATIC.csv", help=STATIC_HELP)
     p.set_defaults(func=run_forecast)
 
 
@@ -336,10 +347,18 @@ def run_forecast(args: argparse.Namespace) -> int:
     est = _load(args.model_dir, args.device)
     context = _read_for(est, args.context)
     times = _read_for(est, args.times) if args.times else None
-    table = est.predict_table(context, times=times, horizon=args.horizon, quantiles=args.quantiles)
+    static = _static(args)
+    table = est.predict_table(
+        context, times=times, horizon=args.horizon, quantiles=args.quantiles, static_df=static
+    )
     if args.plot:
         fc = est.forecast(
-            context, times=times, horizon=args.horizon, n_samples=args.n_samples, seed=args.seed
+            context,
+            times=times,
+            horizon=args.horizon,
+            n_samples=args.n_samples,
+            seed=args.seed,
+            static_df=static,
         )
         _plot(fc, _pick_series(fc.queries[est.id_col_], args.plot_series), Path(args.plot))
     n_vars = len(est.value_cols_)
@@ -367,6 +386,7 @@ def add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--seed", type=int, help="sampling seed (default: the model's)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--device", help="auto, cpu or cuda (default: as saved)")
+    p.add_argument("--static", metavar="STATIC.csv", help=STATIC_HELP)
     p.set_defaults(func=run_evaluate)
 
 
@@ -394,7 +414,7 @@ def evaluate_holdout(est: Any, df: pd.DataFrame, k: int, coverage: Sequence[floa
     if target.empty:
         raise InputError(f"no series has more than {k} observation time(s) to hold out")
     fc = est.forecast(context, times=target[[est.id_col_, est.time_col_]], **kwargs)
-    y = torch.from_numpy(target[values].to_numpy(dtype=np.float64, na_value=np.nan))
+    y = torch.from_numpy(target[values].to_numpy(dtype=np.float64, na_value=np.nan).copy())
     mask = ~torch.isnan(y)
     y = torch.nan_to_num(y)
     samples = torch.from_numpy(fc.samples)
@@ -416,13 +436,22 @@ def evaluate_holdout(est: Any, df: pd.DataFrame, k: int, coverage: Sequence[floa
 def run_evaluate(args: argparse.Namespace) -> int:
     est = _load(args.model_dir, args.device)
     df = _read_for(est, args.test)
-    result: dict[str, Any] = {"score": est.score(df)}
+    static = _static(args)
+    result: dict[str, Any] = {"score": est.score(df, static_df=static)}
     if args.horizon is not None:
         if args.horizon < 1:
             raise InputError(f"--horizon must be a positive number of observations, got {args.horizon}")
         result["horizon"] = args.horizon
         result.update(
-            evaluate_holdout(est, df, args.horizon, args.coverage, n_samples=args.n_samples, seed=args.seed)
+            evaluate_holdout(
+                est,
+                df,
+                args.horizon,
+                args.coverage,
+                n_samples=args.n_samples,
+                seed=args.seed,
+                static_df=static,
+            )
         )
     if args.json:
         print(json.dumps(result))

@@ -128,3 +128,28 @@ def test_models_without_static_inputs_refuse_them():
     model = Forecaster(model=LatentODESettings(hidden_size=4, latent_dim=2), **TINY)
     with pytest.raises(ValueError, match="static covariates are taken by gru_ode_bayes; latent_ode does not"):
         model.fit(df, static_df=static)
+
+
+def test_the_command_line_takes_static_covariates(tmp_path):
+    from ctflow.cli import main
+
+    df, static = _grouped_panel(20, seed=0)
+    df.to_csv(tmp_path / "train.csv", index=False)
+    static.to_csv(tmp_path / "static.csv", index=False)
+    fit = ["fit", str(tmp_path / "train.csv"), "--out", str(tmp_path / "m"), "--max-steps", "20"]
+    assert main([*fit, "--static", str(tmp_path / "static.csv"), "--val-fraction", "0"]) == 0
+    out = tmp_path / "fc.csv"
+    forecast = [
+        "forecast",
+        str(tmp_path / "m"),
+        str(tmp_path / "train.csv"),
+        "--horizon",
+        "1",
+        "-o",
+        str(out),
+    ]
+    assert main(forecast) == 2 and not out.exists()  # the static covariates are required
+    assert main([*forecast, "--static", str(tmp_path / "static.csv")]) == 0
+    assert len(pd.read_csv(out)) == 20
+    evaluate = ["evaluate", str(tmp_path / "m"), str(tmp_path / "train.csv"), "--horizon", "1"]
+    assert main([*evaluate, "--static", str(tmp_path / "static.csv")]) == 0
