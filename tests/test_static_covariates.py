@@ -153,3 +153,25 @@ def test_the_command_line_takes_static_covariates(tmp_path):
     assert len(pd.read_csv(out)) == 20
     evaluate = ["evaluate", str(tmp_path / "m"), str(tmp_path / "train.csv"), "--horizon", "1"]
     assert main([*evaluate, "--static", str(tmp_path / "static.csv")]) == 0
+
+
+def test_gru_ode_bayes_emission_sees_the_static_covariates():
+    import torch
+
+    from ctflow.data import from_dataframe, load_double_ou
+    from ctflow.models import GRUODEBayes
+
+    batch = from_dataframe(load_double_ou(3, seed=0))
+    static = torch.tensor([[1.0, -2.0], [0.5, 0.0], [3.0, 1.0]])
+    batch = batch._replace(static=static, static_names=["a", "b"])
+    model = GRUODEBayes(
+        2, hidden_size=8, p_hidden=8, prep_hidden=4, static_dim=2, carry_forward=True, trend=True
+    )
+    state = model.filter(batch)
+    assert torch.equal(state.static, static)
+    h = state.h.unsqueeze(1).expand(-1, 4, -1)  # four query times per series
+    context = model.context(h, state, state.time.unsqueeze(1) + torch.arange(4.0))
+    assert context.shape == (3, 4, 8 + 2 + 6 * 2)
+    assert torch.equal(context[:, :, 8:10], static.unsqueeze(1).expand(-1, 4, -1))
+    paths = model.sample_paths(state, state.time.unsqueeze(1) + torch.tensor([0.5, 1.0]), n=5)
+    assert paths.shape == (5, 3, 2, 2) and torch.isfinite(paths).all()

@@ -36,7 +36,8 @@ class FilterState:
     With ``carry_forward`` models, also each variable's last observed value ``last (B, D)``, the
     time it was observed ``last_time (B, D)`` and whether it has been ``seen (B, D)``; with
     ``trend`` models, running sums ``sums (B, D, 5)`` of ``[1, t, y, t^2, t y]`` over each
-    variable's observations (its count, mean and least-squares line).
+    variable's observations (its count, mean and least-squares line). With static covariates,
+    ``static (B, S)``, which the emission also sees.
     """
 
     h: Tensor
@@ -45,9 +46,10 @@ class FilterState:
     last_time: Tensor | None = None
     seen: Tensor | None = None
     sums: Tensor | None = None
+    static: Tensor | None = None
 
     def _fields(self) -> tuple[Tensor | None, ...]:
-        return (self.h, self.time, self.last, self.last_time, self.seen, self.sums)
+        return (self.h, self.time, self.last, self.last_time, self.seen, self.sums, self.static)
 
     def repeat(self, n: int) -> FilterState:
         """``n`` copies of every series, copy-major: row ``i * B + b`` is copy ``i`` of series ``b``."""
@@ -74,6 +76,7 @@ class FilterState:
             torch.where(hit, t.unsqueeze(-1).to(self.last), self.last_time),
             torch.where(hit, torch.ones_like(self.seen), self.seen),
             sums,
+            self.static,
         )
 
 
@@ -133,7 +136,8 @@ class GRUODEBayes(SequenceModel):
         p_hidden: hidden width of the emission network.
         prep_hidden: width of the per-variable GRU-Bayes preprocessing.
         emission: emission name or a :class:`MaskedEmission` instance with ``context_dim = hidden_size``.
-        static_dim: size of static covariates mapped to the initial state (0: a learned ``h0``).
+        static_dim: size of static covariates, which set the initial state and which the emission
+            also sees (0: none, a learned ``h0``).
         solver: integration between observations (fixed-step ``euler``/``midpoint``/``rk4`` with
             ``step_size`` the largest step in time units, or adaptive ``dopri5`` etc.).
         post_jump_weight: weight of the post-jump negative log-likelihood in the loss.
@@ -194,7 +198,7 @@ class GRUODEBayes(SequenceModel):
             raise ValueError("trend=True needs carry_forward=True")
         self.trend = bool(trend)
         n_blocks = (3 if self.carry_forward else 0) + (3 if self.trend else 0)
-        context_dim = hidden_size + n_blocks * n_variables
+        context_dim = hidden_size + static_dim + n_blocks * n_variables
         options = {"hidden": (p_hidden,), **(emission_options or {})}
         if options.get("linear_skip") == "features":  # the carried features, not the state
             options["linear_skip"] = n_blocks * n_variables or True
@@ -223,10 +227,12 @@ class GRUODEBayes(SequenceModel):
     def initial_state(self, batch: IrregularBatch) -> FilterState:
         ref = self._reference()
         b = batch.times.shape[0]
+        static = None
         if self.static_dim:
             if batch.static is None or batch.static.shape[-1] != self.static_dim:
                 raise ValueError(f"this model needs static covariates with {self.static_dim} columns")
-            h = self.init_net(batch.static.to(ref))
+            static = batch.static.to(ref)
+            h = self.init_net(static)
         else:
             h = self.h0.to(ref).expand(b, -1)
         if self.start_time is None:
@@ -234,25 +240,29 @@ class GRUODEBayes(SequenceModel):
         else:
             t0 = torch.full((b,), float(self.start_time), dtype=ref.dtype, device=ref.device)
         if not self.carry_forward:
-            return FilterState(h, t0)
+            return FilterState(h, t0, static=static)
         zeros = ref.new_zeros(b, self.n_variables)
         sums = ref.new_zeros(b, self.n_variables, 5) if self.trend else None
-        return FilterState(h, t0, zeros, zeros, zeros, sums)
+        return FilterState(h, t0, zeros, zeros, zeros, sums, static)
 
     def context(self, h: Tensor, state: FilterState, t: Tensor) -> Tensor:
-        """The emission's context at times ``t``: ``h (..., H)``, plus with ``carry_forward`` the
-        carried values of ``state`` (rows of ``h``'s leading dimension) and the time since them."""
-        if not self.carry_forward:
-            return h
-        shape = (*h.shape[:-1], self.n_variables)
+        """The emission's context at times ``t``: ``h (..., H)``, the series' static covariates if
+        any, plus with ``carry_forward`` the carried values of ``state`` (rows of ``h``'s leading
+        dimension) and the time since them."""
         extra = h.dim() - 2
+        blocks = [h]
+        if state.static is not None:
+            s = state.static
+            blocks.append(s.view(s.shape[0], *([1] * extra), -1).expand(*h.shape[:-1], s.shape[-1]))
+        if not self.carry_forward:
+            return torch.cat(blocks, dim=-1) if len(blocks) > 1 else h
+        shape = (*h.shape[:-1], self.n_variables)
 
         def spread(x: Tensor) -> Tensor:
             return x.view(x.shape[0], *([1] * extra), -1).expand(shape)
 
         last, last_time, seen = spread(state.last), spread(state.last_time), spread(state.seen)
         elapsed = (t.unsqueeze(-1) - last_time).clamp_min(0)
-        blocks = [h]
         if self.trend:
             blocks += self._history_features(state, t, last, seen, spread)
         blocks += [last * seen, seen, torch.log1p(elapsed) * seen]
