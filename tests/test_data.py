@@ -567,3 +567,15 @@ def test_data_path():
     assert data_path("pbcseq.csv").is_file()
     with pytest.raises(FileNotFoundError, match=r"no_such\.csv.*_data.*data"):
         data_path("no_such.csv")
+
+
+def test_ids_that_pandas_orders_only_with_a_warning_keep_their_first_appearance_order():
+    import warnings
+
+    df = pd.DataFrame(
+        {"unique_id": [(1, 2), (1, 2), "a", "a"], "ds": [0.0, 1.0, 0.0, 1.0], "y": [1.0, 2, 3, 4]}
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        batch = from_dataframe(df)
+    assert list(batch.ids) == [(1, 2), "a"] and batch.lengths.tolist() == [2, 2]

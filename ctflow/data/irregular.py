@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import numbers
+import warnings
 from collections.abc import Iterator, Sequence
 from dataclasses import InitVar, dataclass
 from typing import Any
@@ -586,8 +587,10 @@ def _observed_rows(
 def _sort_rows(ids: pd.Series, times: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Series codes (sorted ids, else first appearance), unique ids, and the row order by id then time."""
     try:
-        codes, uniques = pd.factorize(ids, sort=True)
-    except TypeError:
+        with warnings.catch_warnings():  # ids that pandas can only order with a warning stay unsorted
+            warnings.simplefilter("error")
+            codes, uniques = pd.factorize(ids, sort=True)
+    except (TypeError, Warning):
         codes, uniques = pd.factorize(ids, sort=False)
     order = np.lexsort((times, codes))
     return codes[order], np.asarray(uniques), order

@@ -138,10 +138,11 @@ class Scaling:
             scale = np.where(unit_scale > 1e-12, unit_scale * unit, 1.0)
         bad = ~(np.isfinite(scale) & (scale > 0) & np.isfinite(mean))
         if bad.any():
-            col = batch.variables[int(np.flatnonzero(bad)[0])]
+            d = int(np.flatnonzero(bad)[0])
+            what = "has values too small" if scale[d] == 0 else "spans too wide a range"
             raise ValueError(
-                f"value column {col!r} spans too wide a range to standardise in float64 (largest "
-                f"magnitude {peak[np.flatnonzero(bad)[0]]:.3g}); rescale it"
+                f"value column {batch.variables[d]!r} {what} to standardise in float64 (largest "
+                f"magnitude {peak[d]:.3g}); rescale it"
             )
         times = batch.times.double().numpy()
         with np.errstate(over="ignore", invalid="ignore"):
