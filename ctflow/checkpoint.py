@@ -12,11 +12,13 @@ values and back.
 
 from __future__ import annotations
 
+import contextlib
+import json
 import os
 import random
 import shutil
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -79,6 +81,12 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     return path
 
 
+def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+    """Write ``obj`` as indented JSON with :func:`atomic_write` (numbers JSON lacks as floats)."""
+    text = json.dumps(obj, indent=2, default=float)
+    return atomic_write(path, lambda tmp: tmp.write_text(text))
+
+
 def atomic_directory(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
     """Write the folder ``path`` atomically: ``write`` fills a temporary folder beside it whose
     files are flushed, then it replaces ``path`` (an existing folder is swapped out and removed)."""
@@ -124,6 +132,23 @@ def load_checkpoint(
     if not isinstance(state, dict):
         raise ValueError(f"{path} does not hold a checkpoint dict (got {type(state).__name__})")
     return state
+
+
+@contextlib.contextmanager
+def rng_scope(
+    seed: int | None, device: torch.device | str = "cpu", *, always_fork: bool = False
+) -> Iterator[None]:
+    """Run a block on its own torch RNG stream (CPU and ``device``), restored afterwards: seeded
+    with ``seed``; with ``seed=None`` the block shares the caller's stream, unless ``always_fork``
+    (then it runs on a copy, leaving the caller's stream untouched)."""
+    if seed is None and not always_fork:
+        yield
+        return
+    device = torch.device(device)
+    with torch.random.fork_rng(devices=[device.index or 0] if device.type == "cuda" else []):
+        if seed is not None:
+            torch.manual_seed(int(seed))
+        yield
 
 
 def capture_rng_state() -> dict[str, Any]:

@@ -20,7 +20,7 @@ from sklearn.base import BaseEstimator
 from sklearn.utils.validation import check_is_fitted
 
 from . import __version__
-from .checkpoint import atomic_directory
+from .checkpoint import atomic_directory, rng_scope
 from .checks import positive_int, probability
 from .data.covariates import StaticEncoder
 from .data.irregular import IrregularBatch, collate, holdout_last, split_series
@@ -49,18 +49,6 @@ _UNBOUNDED = 10**9  # epochs when only max_steps bounds training
 _TAIL = 0.2  # fraction of a validation series' last rows held out
 FORMAT_VERSION = 2
 CONFIG_FILE, WEIGHTS_FILE = "config.json", "model.safetensors"
-
-
-@contextlib.contextmanager
-def _seeded(seed: int | None, device: torch.device) -> Iterator[None]:
-    """Run with torch's RNG seeded (restored afterwards); no-op for ``seed=None``."""
-    if seed is None:
-        yield
-        return
-    devices = [device.index or 0] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(int(seed))
-        yield
 
 
 @contextlib.contextmanager
@@ -300,17 +288,14 @@ class Forecaster(BaseEstimator):
         series = prepare_series(df, id_col, time_col, values, codec)
         encoder = None
         if static_df is not None:
-            training_rows = (
-                static_df[static_df[id_col].isin(series.ids)] if id_col in static_df else static_df
-            )
-            encoder = StaticEncoder.fit(training_rows, id_col)
+            encoder = StaticEncoder.fit(static_df, id_col, ids=series.ids)
             series = _with_static(series, encoder, static_df)
         scaling = Scaling.fit(series.raw)
         device = resolve_device(self.device)
         kwargs = self._model_kwargs(encoder)
         batch = series.model_batch(scaling)
         seed = self.random_state
-        with _seeded(seed, device):
+        with rng_scope(seed, device):
             model = self._build(len(values), kwargs).to(device)
             train, val, held_out = self._validation_split(batch, seed)
             validate = None
@@ -451,7 +436,7 @@ class Forecaster(BaseEstimator):
         check_is_fitted(self)
         check_frame(df, self.id_col_, self.time_col_, self.value_cols_, name=name)
         series = prepare_series(df, self.id_col_, self.time_col_, self.value_cols_, self.codec_, name=name)
-        encoder = getattr(self, "static_encoder_", None)
+        encoder = self.static_encoder_
         if encoder is None:
             if static_df is not None:
                 raise ValueError("static_df was given, but this model was fitted without static covariates")
@@ -558,7 +543,7 @@ class Forecaster(BaseEstimator):
         model, scaling = self.model_, self.scaling_
         out = np.empty((len(levels), grid.n_queries, self.n_variables_))
         means = np.empty((grid.n_queries, self.n_variables_)) if want_mean else None
-        with torch.no_grad(), _seeded(self._seed(None), self.device_):
+        with torch.no_grad(), rng_scope(self._seed(None), self.device_):
             for state, qt, local, sel in self._chunks(context, grid, 8 * self.n_variables_):
                 predictive = model.predict(state, qt)
                 for i, level in enumerate(levels):
@@ -596,7 +581,7 @@ class Forecaster(BaseEstimator):
         grid = self._queries(context, times, horizon)
         n = self._n(n_samples)
         queries = self._query_frame(context, grid)
-        with _seeded(self._seed(seed), self.device_):
+        with rng_scope(self._seed(seed), self.device_):
             samples, means = self._simulate(context, grid, n, bool(paths), want_mean=True)
         return Forecast(
             queries,
@@ -620,7 +605,7 @@ class Forecaster(BaseEstimator):
         context = self._context(df, static_df=static_df)
         grid = self._queries(context, times, horizon)
         out = self._query_frame(context, grid)
-        with _seeded(self._seed(None), self.device_):
+        with rng_scope(self._seed(None), self.device_):
             _, means = self._simulate(context, grid, 0, False, want_mean=True)
         values = pd.DataFrame(means, columns=pd.Index(self.value_cols_, dtype=object))
         return pd.concat([out, values], axis=1)
@@ -715,7 +700,7 @@ class Forecaster(BaseEstimator):
         observed = np.isfinite(y)
         scaled = np.where(observed, self.scaling_.values_to_model(np.where(observed, y, 0.0)), 0.0)
         out = np.empty(grid.n_queries)
-        with torch.no_grad(), _seeded(self._seed(None), self.device_):
+        with torch.no_grad(), rng_scope(self._seed(None), self.device_):
             for state, qt, local, sel in self._chunks(context, grid, self.n_variables_):
                 shape = (*qt.shape, self.n_variables_)
                 values, mask = np.zeros(shape), np.zeros(shape)

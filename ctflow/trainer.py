@@ -32,7 +32,6 @@ parameters are optimised and an ``objective(batch)`` that returns the loss of a
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import math
 import os
@@ -46,7 +45,13 @@ import torch
 from torch import Tensor, nn
 from tqdm import tqdm
 
-from .checkpoint import atomic_write, capture_rng_state, load_checkpoint, restore_rng_state, save_checkpoint
+from .checkpoint import (
+    atomic_write_json,
+    capture_rng_state,
+    load_checkpoint,
+    restore_rng_state,
+    save_checkpoint,
+)
 from .distributed import DistContext
 from .ode import NFECounter
 
@@ -575,8 +580,7 @@ class Trainer:
     def _write_log(self) -> None:
         if self.log_path is None or not self.dist.is_main:
             return
-        text = json.dumps(self.state.records, indent=2, default=float)
-        atomic_write(self.log_path, lambda tmp: tmp.write_text(text))
+        atomic_write_json(self.log_path, self.state.records)
 
     # ------------------------------------------------------------------ the loop
 

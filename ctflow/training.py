@@ -61,13 +61,10 @@ def _loop_options(
     patience: Any,
     time_limit: Any,
     seed: Any,
-    has_val: bool,
 ) -> dict[str, Any]:
     """The checked optimisation options shared by :func:`fit_density` and :func:`fit_model`."""
     seed = integer(seed, "seed", allow_none=True)
     patience = positive_int(patience, "patience", allow_none=True)
-    if patience is not None and not has_val:
-        raise ValueError("patience needs a validation set: pass val")
     return {
         "epochs": positive_int(epochs, "epochs"),
         "max_steps": positive_int(max_steps, "max_steps", allow_none=True),
@@ -290,9 +287,8 @@ def fit_density(
     (10, True)
     """
     _check_flow(flow)
-    has_val = val is not None
     options = _loop_options(
-        epochs, max_steps, batch_size, lr, weight_decay, grad_clip, patience, time_limit, seed, has_val
+        epochs, max_steps, batch_size, lr, weight_decay, grad_clip, patience, time_limit, seed
     )
     x, ctx, xv, ctx_v = _density_data(flow, train, val, context, val_context)
     objective = _density_objective(flow, x, ctx)
@@ -503,9 +499,8 @@ def fit_model(
     """
     _check_model(model)
     train, val = _check_sequence_data(train, val, validate)
-    has_val = val is not None or validate is not None
     options = _loop_options(
-        epochs, max_steps, batch_size, lr, weight_decay, grad_clip, patience, time_limit, seed, has_val
+        epochs, max_steps, batch_size, lr, weight_decay, grad_clip, patience, time_limit, seed
     )
     eval_every = positive_int(eval_every, "eval_every", allow_none=True)
     dtype, device = _dtype_device(model)

@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from .baselines import LastValueBaseline
+from .checkpoint import rng_scope
 from .data.irregular import IrregularBatch, to_dataframe
 from .metrics import crps_samples, interval_coverage
 
@@ -62,9 +63,7 @@ def validation_report(
     if len(context) > max_series:
         keep = np.sort(np.random.default_rng(seed).choice(len(context), max_series, replace=False))
         context, target = context.select(keep, trim=True), target.select(keep, trim=True)
-    with torch.random.fork_rng(devices=[]):
-        if seed is not None:
-            torch.manual_seed(int(seed))
+    with rng_scope(seed, next(model.parameters()).device, always_fork=True):
         draws, log_prob = _model_draws(model, context, target, n_samples)
     y, mask = target.values.double(), target.mask.double()
     model_scores = _scores(draws, y, mask)

@@ -25,15 +25,9 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
+from .irregular import plain_label, show_label
+
 __all__ = ["StaticEncoder"]
-
-
-def _plain(value: Any) -> Any:
-    return value.item() if isinstance(value, np.generic) else value
-
-
-def _show(value: Any) -> str:
-    return repr(_plain(value))
 
 
 def _is_categorical(column: pd.Series) -> bool:
@@ -70,9 +64,14 @@ class StaticEncoder:
         return len(self.feature_names)
 
     @classmethod
-    def fit(cls, static_df: Any, id_col: str, name: str = "static_df") -> StaticEncoder:
-        """Learn the encoding from the training series' rows of ``static_df``."""
+    def fit(
+        cls, static_df: Any, id_col: str, name: str = "static_df", ids: Sequence[Any] | None = None
+    ) -> StaticEncoder:
+        """Learn the encoding from the rows of ``static_df`` (only those of series ``ids``, the
+        training series, when given)."""
         frame = _check_frame(static_df, id_col, name)
+        if ids is not None:
+            frame = frame[frame[id_col].isin(ids)].reset_index(drop=True)
         encoder = cls(id_col, columns=[c for c in frame.columns if c != id_col])
         if not encoder.columns:
             raise ValueError(f"{name} has no covariate column besides the id column {id_col!r}")
@@ -85,7 +84,7 @@ class StaticEncoder:
                 x = values.to_numpy(dtype=np.float64)
                 if not np.isfinite(x).all():
                     bad = frame[id_col].to_numpy()[~np.isfinite(x)][0]
-                    raise ValueError(f"{name}: column {col!r} is not finite for series {_show(bad)}")
+                    raise ValueError(f"{name}: column {col!r} is not finite for series {show_label(bad)}")
                 sd = float(x.std())
                 encoder.numeric[col] = (float(x.mean()), sd if sd > 0 else 1.0)
             else:
@@ -105,7 +104,7 @@ class StaticEncoder:
         absent = [i for i in ids if i not in rows.index]
         if absent:
             raise ValueError(
-                f"{name} has no row for series {[_plain(i) for i in absent[:5]]}"
+                f"{name} has no row for series {[plain_label(i) for i in absent[:5]]}"
                 f"{' ...' if len(absent) > 5 else ''}: every series needs its static covariates"
             )
         picked = rows.loc[list(ids)]
@@ -126,7 +125,7 @@ class StaticEncoder:
         known = self.categories[col]
         unknown = sorted({v for v in values.tolist() if v not in known}, key=str)
         if unknown:
-            where = [_plain(i) for i, v in zip(ids, values.tolist(), strict=True) if v in unknown][:5]
+            where = [plain_label(i) for i, v in zip(ids, values.tolist(), strict=True) if v in unknown][:5]
             raise ValueError(
                 f"{name}: column {col!r} has categories {unknown} not seen in training "
                 f"(series {where}); known: {known}"
@@ -138,7 +137,7 @@ class StaticEncoder:
             "id_col": self.id_col,
             "columns": list(self.columns),
             "numeric": {k: list(v) for k, v in self.numeric.items()},
-            "categories": {k: [_plain(c) for c in v] for k, v in self.categories.items()},
+            "categories": {k: [plain_label(c) for c in v] for k, v in self.categories.items()},
         }
 
     @classmethod
@@ -163,7 +162,7 @@ def _check_frame(static_df: Any, id_col: str, name: str) -> pd.DataFrame:
     repeated = frame[id_col][frame[id_col].duplicated()]
     if len(repeated):
         raise ValueError(
-            f"{name}: series {_show(repeated.iloc[0])} has several different rows; static "
+            f"{name}: series {show_label(repeated.iloc[0])} has several different rows; static "
             "covariates must not change within a series"
         )
     return frame.reset_index(drop=True)
@@ -172,4 +171,5 @@ def _check_frame(static_df: Any, id_col: str, name: str) -> pd.DataFrame:
 def _check_complete(values: pd.Series, col: str, ids: pd.Series, name: str) -> None:
     missing = values.isna().to_numpy()
     if missing.any():
-        raise ValueError(f"{name}: column {col!r} is missing for series {_show(ids.to_numpy()[missing][0])}")
+        first = show_label(ids.to_numpy()[missing][0])
+        raise ValueError(f"{name}: column {col!r} is missing for series {first}")

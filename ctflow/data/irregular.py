@@ -124,7 +124,7 @@ class IrregularBatch:
         self._check_times()
         if len(pd.unique(self.ids)) != len(self):
             dup = pd.Series(self.ids)[pd.Series(self.ids).duplicated()].iloc[0]
-            raise ValueError(f"series ids must be unique; {_show(dup)} appears more than once")
+            raise ValueError(f"series ids must be unique; {show_label(dup)} appears more than once")
 
     def _check_shapes(self) -> None:
         """Check the shapes of the tensors, ids and variable names, and the tensor dtypes."""
@@ -165,7 +165,8 @@ class IrregularBatch:
             )
         if not torch.isfinite(self.static).all():
             row = int(torch.nonzero(~torch.isfinite(self.static))[0, 0])
-            raise ValueError(f"static covariates must be finite; series {_show(self.ids[row])} has NaN/inf")
+            series = show_label(self.ids[row])
+            raise ValueError(f"static covariates must be finite; series {series} has NaN/inf")
 
     def _check_device(self) -> None:
         """Check that every tensor lies on one device."""
@@ -188,12 +189,13 @@ class IrregularBatch:
         observed = self.mask == 1
         if (observed & ~pad[..., None]).any():
             b = int(torch.nonzero(observed & ~pad[..., None])[0, 0])
-            raise ValueError(f"mask must be 0 on padding rows past the length (series {_show(self.ids[b])})")
+            series = show_label(self.ids[b])
+            raise ValueError(f"mask must be 0 on padding rows past the length (series {series})")
         nan_obs = torch.isnan(self.values) & observed
         if nan_obs.any():
             b, i, d = (int(v) for v in torch.nonzero(nan_obs)[0])
             raise ValueError(
-                f"values are NaN where mask is 1: series {_show(self.ids[b])}, row {i}, variable "
+                f"values are NaN where mask is 1: series {show_label(self.ids[b])}, row {i}, variable "
                 f"{self.variables[d]!r}"
             )
         bad = ~torch.isfinite(self.values)
@@ -201,7 +203,7 @@ class IrregularBatch:
             b, i, d = (int(v) for v in torch.nonzero(bad)[0])
             where = "observed" if observed[b, i, d] else "unobserved (use 0 as placeholder)"
             raise ValueError(
-                f"values must be finite; {where} entry of series {_show(self.ids[b])}, row {i}, "
+                f"values must be finite; {where} entry of series {show_label(self.ids[b])}, row {i}, "
                 f"variable {self.variables[d]!r} is {float(self.values[b, i, d])}"
             )
 
@@ -210,14 +212,15 @@ class IrregularBatch:
         pad = self.pad_mask
         if not torch.isfinite(self.times[pad]).all():
             b = int(torch.nonzero(~torch.isfinite(self.times) & pad)[0, 0])
-            raise ValueError(f"times must be finite (series {_show(self.ids[b])})")
+            raise ValueError(f"times must be finite (series {show_label(self.ids[b])})")
         if self.values.shape[1] > 1:
             step_valid = pad[:, 1:]
             decreasing = (self.times[:, 1:] < self.times[:, :-1]) & step_valid
             if decreasing.any():
                 b, i = (int(v) for v in torch.nonzero(decreasing)[0])
                 raise ValueError(
-                    f"times must be non-decreasing within each series: series {_show(self.ids[b])} goes from "
+                    "times must be non-decreasing within each series: series "
+                    f"{show_label(self.ids[b])} goes from "
                     f"{float(self.times[b, i])} to {float(self.times[b, i + 1])} at row {i + 1}"
                 )
         expected = _padded_times(self.times, self.lengths)
@@ -226,7 +229,7 @@ class IrregularBatch:
             b = int(torch.nonzero(wrong)[0, 0])
             raise ValueError(
                 "padding times (rows past the length) must repeat the series' last time "
-                f"(0 for an empty series); series {_show(self.ids[b])} does not"
+                f"(0 for an empty series); series {show_label(self.ids[b])} does not"
             )
 
     # ------------------------------------------------------------------ properties
@@ -344,9 +347,14 @@ def _as_id_array(ids: Any) -> np.ndarray:
     return arr
 
 
-def _show(value: Any) -> str:
-    """``repr`` of a label, with numpy scalars shown as the plain Python value."""
-    return repr(value.item() if isinstance(value, np.generic) else value)
+def plain_label(value: Any) -> Any:
+    """A label (id, row, category) with numpy scalars as the plain Python value: 5, not np.int64(5)."""
+    return value.item() if isinstance(value, np.generic) else value
+
+
+def show_label(value: Any) -> str:
+    """``repr`` of :func:`plain_label`, for messages."""
+    return repr(plain_label(value))
 
 
 def _concat_ids(parts: list[np.ndarray]) -> np.ndarray:
@@ -557,16 +565,16 @@ def _frame_arrays(
     inf = np.isinf(values)
     if inf.any():
         r, c = np.argwhere(inf)[0]
-        raise ValueError(f"infinite value in column {value_list[c]!r} at row {_show(row_labels[r])}")
+        raise ValueError(f"infinite value in column {value_list[c]!r} at row {show_label(row_labels[r])}")
     bad_time = ~np.isfinite(times)
     if bad_time.any():
         r = np.flatnonzero(bad_time)[0]
         raise ValueError(
-            f"time column {time_col!r} has a missing or infinite value at row {_show(row_labels[r])}"
+            f"time column {time_col!r} has a missing or infinite value at row {show_label(row_labels[r])}"
         )
     if ids.isna().any():
         r = np.flatnonzero(ids.isna().to_numpy())[0]
-        raise ValueError(f"id column {id_col!r} has a missing value at row {_show(row_labels[r])}")
+        raise ValueError(f"id column {id_col!r} has a missing value at row {show_label(row_labels[r])}")
     return values, times, static, ids, row_labels
 
 
@@ -605,8 +613,8 @@ def _cast_times(
     if dup.any():
         r = np.flatnonzero(dup)[0] + 1
         raise ValueError(
-            f"duplicated (id, time) pair: series {_show(id_values[codes[r]])} has two rows at time "
-            f"{_show(times[r])} (rows {_show(row_labels[r - 1])} and {_show(row_labels[r])}); "
+            f"duplicated (id, time) pair: series {show_label(id_values[codes[r]])} has two rows at time "
+            f"{show_label(times[r])} (rows {show_label(row_labels[r - 1])} and {show_label(row_labels[r])}); "
             f"{int(dup.sum())} duplicated pair(s) in all"
         )
     np_dtype = torch.empty(0, dtype=dtype).numpy().dtype
@@ -615,8 +623,8 @@ def _cast_times(
     if collide.any():
         r = np.flatnonzero(collide)[0] + 1
         raise ValueError(
-            f"distinct times {_show(times[r - 1])} and {_show(times[r])} of series "
-            f"{_show(id_values[codes[r]])} become equal in {dtype}; pass dtype=torch.float64 or "
+            f"distinct times {show_label(times[r - 1])} and {show_label(times[r])} of series "
+            f"{show_label(id_values[codes[r]])} become equal in {dtype}; pass dtype=torch.float64 or "
             "shift/rescale the times"
         )
     return cast
@@ -635,15 +643,16 @@ def _static_per_series(
     if nan_static.any():
         r, c = np.argwhere(nan_static)[0]
         raise ValueError(
-            f"static column {static_list[c]!r} is missing for series {_show(id_values[codes[r]])} "
-            f"(row {_show(row_labels[r])})"
+            f"static column {static_list[c]!r} is missing for series {show_label(id_values[codes[r]])} "
+            f"(row {show_label(row_labels[r])})"
         )
     first = static[starts]
     varying = static != first[codes]
     if varying.any():
         r, c = np.argwhere(varying)[0]
         raise ValueError(
-            f"static column {static_list[c]!r} is not constant within series {_show(id_values[codes[r]])}"
+            f"static column {static_list[c]!r} is not constant within series "
+            f"{show_label(id_values[codes[r]])}"
         )
     return first
 

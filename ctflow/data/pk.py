@@ -22,8 +22,9 @@ from typing import NamedTuple
 
 import numpy as np
 import pandas as pd
+import torch
 
-from ..checks import positive_int, real_number
+from ..checks import in_interval, positive_int, real_number
 
 __all__ = ["PKData", "PKTruth", "simulate_pk"]
 
@@ -61,7 +62,8 @@ class PKTruth:
 
     def quantile(self, ids: np.ndarray, times: np.ndarray, q: float) -> np.ndarray:
         """The oracle predictive's ``q``-quantile of an observation."""
-        z = math.sqrt(2.0) * _erfinv(2.0 * q - 1.0)
+        q = in_interval(q, "q", 0, 1, closed="neither")
+        z = float(torch.special.ndtri(torch.tensor(q, dtype=torch.float64)))
         return self.concentration(ids, times) * math.exp(self.sigma * z)
 
     def sample(self, ids: np.ndarray, times: np.ndarray, n: int, seed: int | None = 0) -> np.ndarray:
@@ -101,17 +103,7 @@ def _bateman(t: np.ndarray, dose_times: np.ndarray, amounts: np.ndarray, cl: flo
 
 
 def _normal_cdf(x: np.ndarray | float) -> np.ndarray:
-    return 0.5 * (1.0 + np.vectorize(math.erf)(np.asarray(x) / math.sqrt(2.0)))
-
-
-def _erfinv(y: float) -> float:
-    """Inverse error function by Newton steps on ``math.erf`` (scalar, |y| < 1)."""
-    if not -1.0 < y < 1.0:
-        raise ValueError(f"quantile levels must lie strictly inside (0, 1), got {(y + 1) / 2}")
-    x = 0.0
-    for _ in range(60):
-        x -= (math.erf(x) - y) / (2.0 / math.sqrt(math.pi) * math.exp(-x * x))
-    return x
+    return torch.special.ndtr(torch.as_tensor(x, dtype=torch.float64)).numpy()
 
 
 def _subjects(n: int, rng: np.random.Generator) -> tuple[pd.DataFrame, pd.DataFrame]:

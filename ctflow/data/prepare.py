@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from .irregular import IrregularBatch, from_dataframe
+from .irregular import IrregularBatch, from_dataframe, show_label
 from .timecodec import TimeCodec
 
 __all__ = ["PreparedSeries", "QueryGrid", "Scaling", "check_frame", "prepare_series", "query_grid"]
@@ -26,10 +26,6 @@ __all__ = ["PreparedSeries", "QueryGrid", "Scaling", "check_frame", "prepare_ser
 # Model times are float32: beyond 2**24 typical gaps from a series' start they no longer resolve one gap.
 MAX_MODEL_TIME = float(2**24)
 _FLOAT32_MAX = float(np.finfo(np.float32).max)
-
-
-def _show(value: Any) -> str:
-    return repr(value.item() if isinstance(value, np.generic) else value)
 
 
 def _check_hashable(column: pd.Series, role: str, col: Any, name: str) -> None:
@@ -42,7 +38,7 @@ def _check_hashable(column: pd.Series, role: str, col: Any, name: str) -> None:
         except TypeError:
             raise TypeError(
                 f"{name}: {role} column {col!r} holds an unhashable {type(value).__name__} at row "
-                f"{_show(row)}; ids must be numbers, strings or other hashable values"
+                f"{show_label(row)}; ids must be numbers, strings or other hashable values"
             ) from None
 
 
@@ -217,7 +213,7 @@ class PreparedSeries:
             b, i, d = np.argwhere(far)[0]
             raise ValueError(
                 f"value {raw.values[b, i, d].item()!r} of column {raw.variables[d]!r} (series "
-                f"{_show(raw.ids[b])}) lies too far from the training values (mean "
+                f"{show_label(raw.ids[b])}) lies too far from the training values (mean "
                 f"{scaling.mean[d]:.3g}, standard deviation {scaling.scale[d]:.3g}) for the model"
             )
         return IrregularBatch(
@@ -252,7 +248,7 @@ class PreparedSeries:
             k = int(np.flatnonzero(far)[0])
             series = self.ids[k if rows is None else rows[k]]
             raise ValueError(
-                f"series {_show(series)}: {what} reach {ends[k]:.3g} times the median gap between "
+                f"series {show_label(series)}: {what} reach {ends[k]:.3g} times the median gap between "
                 f"training observations ({scaling.time_scale:.3g} time units) after its first "
                 f"observation; the model resolves at most {MAX_MODEL_TIME:.3g} gaps"
             )
@@ -273,7 +269,7 @@ def prepare_series(
     frame = pd.DataFrame(columns, index=df.index)
     if frame[id_col].isna().any():
         row = frame.index[np.flatnonzero(frame[id_col].isna().to_numpy())[0]]
-        raise ValueError(f"{name}: id column {id_col!r} has a missing value at row {_show(row)}")
+        raise ValueError(f"{name}: id column {id_col!r} has a missing value at row {show_label(row)}")
     observed = frame[value_cols].notna().any(axis=1)
     has_obs = observed.groupby(frame[id_col], sort=False).any()
     if not has_obs.all():
@@ -350,7 +346,8 @@ def query_grid(
     bad = ~np.isfinite(encoded)
     if bad.any():
         row = times.index[np.flatnonzero(bad)[0]]
-        raise ValueError(f"times: column {time_col!r} has a missing or infinite value at row {_show(row)}")
+        where = show_label(row)
+        raise ValueError(f"times: column {time_col!r} has a missing or infinite value at row {where}")
     position = pd.Series(np.arange(n_series), index=pd.Index(context.ids))
     if not position.index.is_unique:
         raise ValueError("context series ids are not unique")
@@ -368,8 +365,8 @@ def query_grid(
     if early.any():
         k = np.flatnonzero(early)[0]
         raise ValueError(
-            f"query time {_show(times[time_col].iloc[k])} of series {_show(times[id_col].iloc[k])} "
-            f"(row {_show(times.index[k])}) is not after its last observation; forecasts must lie "
+            f"query time {show_label(times[time_col].iloc[k])} of series {show_label(times[id_col].iloc[k])} "
+            f"(row {show_label(times.index[k])}) is not after its last observation; forecasts must lie "
             "strictly after each series' last observed time"
         )
     order = np.lexsort((encoded, series))

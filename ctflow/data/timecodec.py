@@ -19,6 +19,7 @@ import numpy as np
 import pandas as pd
 
 from ..checks import choice
+from .irregular import show_label
 
 __all__ = ["TIME_UNITS", "TimeCodec"]
 
@@ -235,8 +236,7 @@ def _check_no_missing(times: pd.Series, column: str) -> None:
     missing = times.isna().to_numpy()
     if missing.any():
         row = times.index[np.flatnonzero(missing)[0]]
-        row = row.item() if isinstance(row, np.generic) else row  # 5, not np.int64(5)
-        raise ValueError(f"time column {column!r} has a missing value (NaT) at row {row!r}")
+        raise ValueError(f"time column {column!r} has a missing value (NaT) at row {show_label(row)}")
 
 
 def _infer_unit(times: pd.Series, series_ids: pd.Series) -> str:

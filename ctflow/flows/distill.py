@@ -13,7 +13,6 @@ and one teacher density pass, both parallel over the event. The teacher is froze
 
 from __future__ import annotations
 
-import contextlib
 import time
 from collections.abc import Callable
 from typing import Any
@@ -21,6 +20,7 @@ from typing import Any
 import torch
 from torch import Tensor
 
+from ..checkpoint import rng_scope
 from ..checks import integer, positive_int, real_number
 from ..trainer import Minibatch, Trainer, constant
 from .base import Flow
@@ -215,11 +215,6 @@ def distill(
     device = ref_s.device if ref_s is not None else torch.device("cpu")
     history: dict = {"kl": [], "grad_norm": [], "n_steps": n_steps, "batch_size": batch_size, "lr": lr}
     trainer = _student_trainer(teacher, student, history, context_sampler, grad_clip, verbose)
-    rng = (
-        torch.random.fork_rng(devices=[device] if device.type == "cuda" else [])
-        if seed is not None
-        else contextlib.nullcontext()
-    )
     flags = [p.requires_grad for p in teacher_params]
     teacher_mode = teacher.training
     start = time.perf_counter()
@@ -227,9 +222,7 @@ def distill(
         for p in teacher_params:
             p.requires_grad_(False)
         teacher.eval()
-        with rng:
-            if seed is not None:
-                torch.manual_seed(seed)
+        with rng_scope(seed, device):
             trainer.fit()
     finally:
         for p, flag in zip(teacher_params, flags, strict=True):

@@ -26,11 +26,9 @@ is broadcast), writes the log, samples and checkpoints, and every rank reads the
 from __future__ import annotations
 
 import contextlib
-import json
 import math
 import os
 import random
-from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -39,7 +37,7 @@ import numpy as np
 import torch
 from torch import Tensor, nn
 
-from ctflow.checkpoint import atomic_write
+from ctflow.checkpoint import atomic_write, atomic_write_json, rng_scope
 from ctflow.checks import choice, positive_int
 from ctflow.distributed import resolve_device, setup
 from ctflow.flows.glow import ActNorm
@@ -90,17 +88,6 @@ class TrainConfig:
         return arch
 
 
-@contextlib.contextmanager
-def _forked_rng(device: torch.device, seed: int | None) -> Iterator[None]:
-    """Run a block on its own RNG stream (seeded, or a copy of the current one for ``None``),
-    leaving the training stream untouched."""
-    devices = [device] if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        if seed is not None:
-            torch.manual_seed(seed)
-        yield
-
-
 def _autocast(device: torch.device, bf16: bool):
     if bf16 and device.type == "cuda":
         return torch.autocast("cuda", dtype=torch.bfloat16)
@@ -117,7 +104,7 @@ def evaluate_bpd(
     model.eval()
     total = 0.0
     try:
-        with _forked_rng(device, seed):
+        with rng_scope(seed, device, always_fork=True):
             for start in range(0, images.shape[0], batch_size):
                 x = images[start : start + batch_size].to(device)
                 with _autocast(device, bf16):
@@ -144,11 +131,6 @@ def save_sample_grid(images: Tensor, path: str | os.PathLike, levels: int, ncol:
     ax.imshow(arr[..., 0] if c == 1 else arr[..., :3], cmap="gray" if c == 1 else None, vmin=0, vmax=1)
     ax.axis("off")
     return atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=100))
-
-
-def _write_json(path: Path, obj: Any) -> None:
-    text = json.dumps(obj, indent=2)
-    atomic_write(path, lambda tmp: tmp.write_text(text))
 
 
 def _seed_all(seed: int) -> None:
@@ -189,7 +171,7 @@ def _initialise_on_global_batch(
     first step will draw, on every rank: the parameters one process would get."""
     device = next(model.parameters()).device
     model.train()
-    with _forked_rng(device, None), torch.no_grad(), _autocast(device, config.bf16):
+    with rng_scope(None, device, always_fork=True), torch.no_grad(), _autocast(device, config.bf16):
         noise = model.dequantization_noise(len(first))
         model.log_prob(data.train[first].to(device), data.levels, noise=noise)
 
@@ -218,7 +200,7 @@ def train(config: TrainConfig, data: ImageData | None = None) -> dict[str, Any]:
         return evaluate_bpd(model, data.test, data.levels, config.eval_batch_size, bf16=config.bf16)
 
     def write_samples(record: dict[str, Any]) -> None:
-        with _forked_rng(device, config.seed + 1):
+        with rng_scope(config.seed + 1, device, always_fork=True):
             samples = model.sample(config.n_samples, temperature=config.temperature)
         save_sample_grid(samples, out / SAMPLES, data.levels)
 
@@ -250,7 +232,7 @@ def train(config: TrainConfig, data: ImageData | None = None) -> dict[str, Any]:
         _initialise_on_global_batch(model, data, trainer.upcoming_batch(), config)
     trainer.fit()
     if ctx.is_main:
-        _write_json(
+        atomic_write_json(
             out / "config.json", {**asdict(config), "device": str(device), "levels_data": data.levels}
         )
     ctx.barrier()  # the files are written when train returns on any rank
