@@ -23,8 +23,17 @@ from . import __version__
 from .checkpoint import atomic_directory, rng_scope
 from .checks import positive_int, probability
 from .data.covariates import StaticEncoder
+from .data.future import check_future_frame, merge_future_inputs
 from .data.irregular import IrregularBatch, collate, holdout_last, split_series
-from .data.prepare import PreparedSeries, QueryGrid, Scaling, check_frame, prepare_series, query_grid
+from .data.prepare import (
+    PreparedSeries,
+    QueryGrid,
+    Scaling,
+    check_exog_columns,
+    check_frame,
+    prepare_series,
+    query_grid,
+)
 from .data.timecodec import TimeCodec
 from .distributed import resolve_device
 from .forecast import (
@@ -36,6 +45,7 @@ from .forecast import (
     long_table,
     quantile_frame,
 )
+from .models.base import QueryInputs
 from .models.ensemble import DeepEnsemble
 from .models.registry import build_model
 from .models.settings import SETTINGS, ModelSettings, model_settings
@@ -190,16 +200,26 @@ class Forecaster(BaseEstimator):
     def _settings(self) -> ModelSettings:
         return model_settings(self.model)
 
-    def _model_kwargs(self, encoder: StaticEncoder | None = None) -> dict[str, Any]:
+    def _model_kwargs(
+        self,
+        encoder: StaticEncoder | None = None,
+        exog: Sequence[str] = (),
+        future_exog: Sequence[str] = (),
+    ) -> dict[str, Any]:
         settings = self._settings()
         kwargs = settings.model_kwargs()
-        if encoder is not None:
-            if settings.name != "gru_ode_bayes":
+        uses = (("static covariates", "static_df", encoder is not None), ("inputs", "exog_cols", bool(exog)))
+        for what, argument, given in uses:
+            if given and settings.name != "gru_ode_bayes":
                 raise ValueError(
-                    f"static covariates are taken by gru_ode_bayes; {settings.name} does not use them: "
-                    "fit without static_df"
+                    f"{what} are taken by gru_ode_bayes; {settings.name} does not use them: fit "
+                    f"without {argument}"
                 )
+        if encoder is not None:
             kwargs["static_dim"] = encoder.n_features
+        if exog:
+            kwargs["n_inputs"] = len(exog)
+            kwargs["future_inputs"] = [list(exog).index(c) for c in future_exog]
         return kwargs
 
     def set_params(self, **params: Any) -> Forecaster:
@@ -247,6 +267,8 @@ class Forecaster(BaseEstimator):
         checkpoint: str | os.PathLike | None = None,
         resume: bool = False,
         static_df: pd.DataFrame | None = None,
+        exog_cols: Sequence[str] | None = None,
+        future_exog_cols: Sequence[str] | None = None,
     ) -> Forecaster:
         """Fit on a long frame: ``id_col``, ``time_col`` (numbers, datetimes or timedeltas) and
         the value columns (default: every other column; NaN where not measured).
@@ -265,12 +287,24 @@ class Forecaster(BaseEstimator):
         ``static_df``: static covariates, one row per series (``id_col`` and numeric, categorical,
         text or boolean columns; see :class:`ctflow.data.covariates.StaticEncoder`), encoded with
         the training series' statistics and categories, which the model remembers. GRU-ODE-Bayes
-        starts each series from a state set by them; every prediction method then takes the
-        ``static_df`` of the series it forecasts.
+        starts each series from a state set by them and conditions its dynamics on them; every
+        prediction method then takes the ``static_df`` of the series it forecasts.
+
+        ``exog_cols``: columns of ``df`` that are inputs (doses, treatments, interventions), not
+        targets: given at their rows' times (a row may hold only inputs; NaN where not given),
+        conditioned on, never forecast or scored. GRU-ODE-Bayes updates its state at each input
+        after scoring that row's targets, so an input acts on what follows it.
+        ``future_exog_cols``: those of them known in advance (a dosing schedule); every prediction
+        method then takes their planned values after each context's end as ``future_df``. None:
+        every input is known-future; ``[]``: every input is past-only (forecasts use the inputs
+        in the context alone).
         """
         self._check_fit_params()
+        exog = dict(exog_cols=exog_cols, future_exog_cols=future_exog_cols)
         with _torch_threads(self.n_threads):
-            return self._fit(df, id_col, time_col, value_cols, time_unit, checkpoint, resume, static_df)
+            return self._fit(
+                df, id_col, time_col, value_cols, time_unit, checkpoint, resume, static_df, **exog
+            )
 
     def _fit(
         self,
@@ -282,17 +316,22 @@ class Forecaster(BaseEstimator):
         checkpoint: str | os.PathLike | None,
         resume: bool,
         static_df: pd.DataFrame | None,
+        exog_cols: Sequence[str] | None = None,
+        future_exog_cols: Sequence[str] | None = None,
     ) -> Forecaster:
+        exog, future_exog = check_exog_columns(df, id_col, time_col, value_cols, exog_cols, future_exog_cols)
+        if value_cols is None and exog:
+            value_cols = [c for c in df.columns if c not in (id_col, time_col, *exog)]
         values = check_frame(df, id_col, time_col, value_cols)
         codec = TimeCodec.fit(df[time_col], df[id_col], time_unit, time_col)
-        series = prepare_series(df, id_col, time_col, values, codec)
+        series = prepare_series(df, id_col, time_col, values, codec, input_cols=exog)
         encoder = None
         if static_df is not None:
             encoder = StaticEncoder.fit(static_df, id_col, ids=series.ids)
             series = _with_static(series, encoder, static_df)
         scaling = Scaling.fit(series.raw)
         device = resolve_device(self.device)
-        kwargs = self._model_kwargs(encoder)
+        kwargs = self._model_kwargs(encoder, exog, future_exog)
         batch = series.model_batch(scaling)
         seed = self.random_state
         with rng_scope(seed, device):
@@ -330,6 +369,7 @@ class Forecaster(BaseEstimator):
         self.model_ = model
         self.model_kwargs_ = kwargs
         self.static_encoder_ = encoder
+        self.exog_cols_, self.future_exog_cols_ = exog, future_exog
         self.n_models_ = len(_members(model))
         self.codec_ = codec
         self.scaling_ = scaling
@@ -434,8 +474,16 @@ class Forecaster(BaseEstimator):
         self, df: pd.DataFrame, name: str = "df", static_df: pd.DataFrame | None = None
     ) -> PreparedSeries:
         check_is_fitted(self)
-        check_frame(df, self.id_col_, self.time_col_, self.value_cols_, name=name)
-        series = prepare_series(df, self.id_col_, self.time_col_, self.value_cols_, self.codec_, name=name)
+        check_frame(df, self.id_col_, self.time_col_, [*self.value_cols_, *self.exog_cols_], name=name)
+        series = prepare_series(
+            df,
+            self.id_col_,
+            self.time_col_,
+            self.value_cols_,
+            self.codec_,
+            name=name,
+            input_cols=self.exog_cols_,
+        )
         encoder = self.static_encoder_
         if encoder is None:
             if static_df is not None:
@@ -448,8 +496,45 @@ class Forecaster(BaseEstimator):
             )
         return _with_static(series, encoder, static_df)
 
-    def _queries(self, context: PreparedSeries, times: pd.DataFrame | None, horizon: Any) -> QueryGrid:
-        return query_grid(context, self.codec_, self.id_col_, self.time_col_, times=times, horizon=horizon)
+    def _queries(
+        self, context: PreparedSeries, times: pd.DataFrame | None, horizon: Any, future_df: Any = None
+    ) -> QueryGrid:
+        """The query grid, with the known-future inputs of ``future_df`` merged in."""
+        future = self.future_exog_cols_
+        if future_df is None and future:
+            raise ValueError(
+                f"this model was fitted with the known-future inputs {future}: pass future_df with "
+                f"columns {self.id_col_!r}, {self.time_col_!r} and {future} (their planned values after "
+                "each series' context; an empty frame with those columns if none are planned)"
+            )
+        if future_df is not None and not future:
+            past = f" (its inputs {self.exog_cols_} are past-only)" if self.exog_cols_ else ""
+            raise ValueError(
+                f"future_df was given, but this model was fitted without known-future inputs{past}"
+            )
+        grid = query_grid(context, self.codec_, self.id_col_, self.time_col_, times=times, horizon=horizon)
+        if not self.exog_cols_:
+            return grid
+        if future_df is None:  # past-only inputs: no cell carries any
+            shape = (*grid.times.shape, len(self.exog_cols_))
+            return dataclasses.replace(grid, inputs=np.zeros(shape), input_mask=np.zeros(shape))
+        rows = check_future_frame(
+            future_df, context, self.codec_, self.id_col_, self.time_col_, self.exog_cols_, future
+        )
+        return merge_future_inputs(grid, rows, len(self.exog_cols_))
+
+    def _grid_inputs(self, grid: QueryGrid, rows: np.ndarray, like: torch.Tensor) -> QueryInputs | None:
+        """The inputs of the grid rows ``rows`` in model units (None for a model without inputs)."""
+        if grid.inputs is None:
+            return None
+        values = grid.inputs[rows] / self.scaling_.input_scale
+        is_query = np.zeros(grid.times.shape, dtype=bool)
+        is_query[grid.series, grid.slot] = True
+
+        def tensor(x: np.ndarray) -> torch.Tensor:
+            return torch.as_tensor(x, dtype=like.dtype).to(like.device)
+
+        return QueryInputs(tensor(values), tensor(grid.input_mask[rows]), tensor(is_query[rows]))
 
     def _query_frame(self, context: PreparedSeries, grid: QueryGrid) -> pd.DataFrame:
         ids = pd.Series(context.ids[grid.series])
@@ -461,7 +546,7 @@ class Forecaster(BaseEstimator):
 
     def _chunks(self, context: PreparedSeries, grid: QueryGrid, per_query: int):
         """Filter the queried series chunk by chunk (about ``2e6 / per_query`` query slots each);
-        yields ``(state, query times, local series index, output rows)`` per chunk."""
+        yields ``(state, query times, query inputs, local series index, output rows)`` per chunk."""
         model, scaling = self.model_, self.scaling_
         device = next(model.parameters()).device
         queried = np.unique(grid.series)
@@ -481,7 +566,8 @@ class Forecaster(BaseEstimator):
             state = model.filter(batch.select(rows, trim=True).to(device))
             qt = torch.as_tensor(context.model_times(grid.times[rows], scaling, rows), dtype=torch.float32)
             sel = by_chunk[bounds[c] : bounds[c + 1]]
-            yield state, qt.to(device), position[grid.series[sel]] - start, sel
+            qt = qt.to(device)
+            yield state, qt, self._grid_inputs(grid, rows, qt), position[grid.series[sel]] - start, sel
 
     def _check_finite(
         self, context: PreparedSeries, grid: QueryGrid, values: np.ndarray, means: np.ndarray | None
@@ -506,18 +592,19 @@ class Forecaster(BaseEstimator):
         out = np.empty((n_samples, grid.n_queries, self.n_variables_))
         means = np.empty((grid.n_queries, self.n_variables_)) if want_mean else None
         with torch.no_grad():
-            for state, qt, local, sel in self._chunks(context, grid, max(1, n_samples) * self.n_variables_):
+            per_query = max(1, n_samples) * self.n_variables_
+            for state, qt, inputs, local, sel in self._chunks(context, grid, per_query):
                 predictive = None
                 if n_samples:
                     if paths:
-                        draws = model.sample_paths(state, qt, n_samples)
+                        draws = model.sample_paths(state, qt, n_samples, inputs)
                     else:
-                        predictive = model.predict(state, qt)
+                        predictive = model.predict(state, qt, inputs)
                         draws = predictive.sample(n_samples)
                     d = draws[:, local, grid.slot[sel]].double().cpu().numpy()
                     out[:, sel] = scaling.values_from_model(d)
                 if means is not None:
-                    predictive = predictive or model.predict(state, qt)
+                    predictive = predictive or model.predict(state, qt, inputs)
                     m = predictive.mean()[local, grid.slot[sel]].double().cpu().numpy()
                     means[sel] = scaling.values_from_model(m)
         self._check_finite(context, grid, out, means)
@@ -532,20 +619,21 @@ class Forecaster(BaseEstimator):
         n_samples: int | None,
         want_mean: bool = False,
         static_df: pd.DataFrame | None = None,
+        future_df: pd.DataFrame | None = None,
     ) -> tuple[pd.DataFrame, np.ndarray, np.ndarray | None]:
         """The query frame, quantiles ``(len(levels), Q, D)`` of each query's marginal predictive
         in original units (exact where the model's predictive has them, every built-in emission;
         else from ``n_samples`` draws) and, with ``want_mean``, the means ``(Q, D)``, all from one
         filter pass."""
         context = self._context(df, static_df=static_df)
-        grid = self._queries(context, times, horizon)
+        grid = self._queries(context, times, horizon, future_df)
         n = self._n(n_samples)
         model, scaling = self.model_, self.scaling_
         out = np.empty((len(levels), grid.n_queries, self.n_variables_))
         means = np.empty((grid.n_queries, self.n_variables_)) if want_mean else None
         with torch.no_grad(), rng_scope(self._seed(None), self.device_):
-            for state, qt, local, sel in self._chunks(context, grid, 8 * self.n_variables_):
-                predictive = model.predict(state, qt)
+            for state, qt, inputs, local, sel in self._chunks(context, grid, 8 * self.n_variables_):
+                predictive = model.predict(state, qt, inputs)
                 for i, level in enumerate(levels):
                     q = predictive.quantile(level, n)[local, grid.slot[sel]].double().cpu().numpy()
                     out[i, sel] = scaling.values_from_model(q)
@@ -571,6 +659,7 @@ class Forecaster(BaseEstimator):
         paths: bool = False,
         seed: int | None = None,
         static_df: pd.DataFrame | None = None,
+        future_df: pd.DataFrame | None = None,
     ) -> Forecast:
         """Forecast at ``times`` (a frame of id, time query rows) or at ``horizon`` offsets after
         each series' last observation in ``df`` (the context). ``paths=True`` draws joint sample
@@ -578,7 +667,7 @@ class Forecaster(BaseEstimator):
         independent draws from each query's predictive marginal. ``static_df``: the static
         covariates of the series of ``df``, for a model fitted with them."""
         context = self._context(df, static_df=static_df)
-        grid = self._queries(context, times, horizon)
+        grid = self._queries(context, times, horizon, future_df)
         n = self._n(n_samples)
         queries = self._query_frame(context, grid)
         with rng_scope(self._seed(seed), self.device_):
@@ -600,10 +689,11 @@ class Forecaster(BaseEstimator):
         times: pd.DataFrame | None = None,
         horizon: Sequence[Any] | None = None,
         static_df: pd.DataFrame | None = None,
+        future_df: pd.DataFrame | None = None,
     ) -> pd.DataFrame:
         """Point forecasts (predictive means): id, time and one column per variable, one row per query."""
         context = self._context(df, static_df=static_df)
-        grid = self._queries(context, times, horizon)
+        grid = self._queries(context, times, horizon, future_df)
         out = self._query_frame(context, grid)
         with rng_scope(self._seed(None), self.device_):
             _, means = self._simulate(context, grid, 0, False, want_mean=True)
@@ -618,13 +708,14 @@ class Forecaster(BaseEstimator):
         quantiles: Sequence[float] = (0.1, 0.5, 0.9),
         n_samples: int | None = None,
         static_df: pd.DataFrame | None = None,
+        future_df: pd.DataFrame | None = None,
     ) -> pd.DataFrame:
         """Marginal quantiles: id, time and ``{variable}_q{100 q}`` columns. Exact (solved from
         the predictive CDF) for every built-in emission; ``n_samples`` draws serve only models
         whose predictive has no CDF."""
         levels = check_quantiles(quantiles)
         queries, values, _ = self._marginal_quantiles(
-            df, times, horizon, levels, n_samples, static_df=static_df
+            df, times, horizon, levels, n_samples, static_df=static_df, future_df=future_df
         )
         return quantile_frame(queries, self.value_cols_, levels, values)
 
@@ -636,12 +727,13 @@ class Forecaster(BaseEstimator):
         quantiles: Sequence[float] = (0.025, 0.1, 0.5, 0.9, 0.975),
         n_samples: int | None = None,
         static_df: pd.DataFrame | None = None,
+        future_df: pd.DataFrame | None = None,
     ) -> pd.DataFrame:
         """Long frame: id, time, variable, predictive mean and one column ``q{100 q}`` per level
         (exact, as :meth:`predict_quantiles`); the layout of :meth:`Forecast.to_frame`."""
         levels = check_quantiles(quantiles)
         queries, values, means = self._marginal_quantiles(
-            df, times, horizon, levels, n_samples, want_mean=True, static_df=static_df
+            df, times, horizon, levels, n_samples, want_mean=True, static_df=static_df, future_df=future_df
         )
         return long_table(queries, self.value_cols_, means, levels, values)
 
@@ -653,12 +745,13 @@ class Forecaster(BaseEstimator):
         coverage: Sequence[float] = (0.8, 0.95),
         n_samples: int | None = None,
         static_df: pd.DataFrame | None = None,
+        future_df: pd.DataFrame | None = None,
     ) -> pd.DataFrame:
         """Central intervals: id, time, ``{variable}_lower_{pct}`` and ``{variable}_upper_{pct}``
         (exact quantiles, as :meth:`predict_quantiles`)."""
         levels = check_coverage(coverage)
         queries, values, _ = self._marginal_quantiles(
-            df, times, horizon, interval_levels(levels), n_samples, static_df=static_df
+            df, times, horizon, interval_levels(levels), n_samples, static_df=static_df, future_df=future_df
         )
         return interval_frame(queries, self.value_cols_, levels, values)
 
@@ -671,15 +764,20 @@ class Forecaster(BaseEstimator):
         paths: bool = True,
         seed: int | None = None,
         static_df: pd.DataFrame | None = None,
+        future_df: pd.DataFrame | None = None,
     ) -> np.ndarray:
         """Samples ``(n_samples, n_queries, n_variables)`` in original units; joint sample paths
         over each series' queries by default (``paths=False``: independent marginal draws)."""
         return self.forecast(
-            df, times, horizon, n_samples, paths=paths, seed=seed, static_df=static_df
+            df, times, horizon, n_samples, paths=paths, seed=seed, static_df=static_df, future_df=future_df
         ).samples
 
     def predictive_log_prob(
-        self, df: pd.DataFrame, targets: pd.DataFrame, static_df: pd.DataFrame | None = None
+        self,
+        df: pd.DataFrame,
+        targets: pd.DataFrame,
+        static_df: pd.DataFrame | None = None,
+        future_df: pd.DataFrame | None = None,
     ) -> np.ndarray:
         """Log-density, in the data's units, of each row of ``targets`` (id, time and the value
         columns; NaN where not observed) under the model's predictive at its time given the
@@ -692,7 +790,7 @@ class Forecaster(BaseEstimator):
             raise ValueError(
                 f"targets has no column(s) {missing}; expected the value columns {self.value_cols_}"
             )
-        grid = self._queries(context, targets, None)
+        grid = self._queries(context, targets, None, future_df)
         try:
             y = targets[self.value_cols_].to_numpy(dtype=np.float64)
         except (TypeError, ValueError) as err:
@@ -701,12 +799,12 @@ class Forecaster(BaseEstimator):
         scaled = np.where(observed, self.scaling_.values_to_model(np.where(observed, y, 0.0)), 0.0)
         out = np.empty(grid.n_queries)
         with torch.no_grad(), rng_scope(self._seed(None), self.device_):
-            for state, qt, local, sel in self._chunks(context, grid, self.n_variables_):
+            for state, qt, inputs, local, sel in self._chunks(context, grid, self.n_variables_):
                 shape = (*qt.shape, self.n_variables_)
                 values, mask = np.zeros(shape), np.zeros(shape)
                 values[local, grid.slot[sel]] = scaled[sel]
                 mask[local, grid.slot[sel]] = observed[sel]
-                lp = self.model_.predict(state, qt).log_prob(
+                lp = self.model_.predict(state, qt, inputs).log_prob(
                     torch.as_tensor(values, dtype=qt.dtype, device=qt.device),
                     torch.as_tensor(mask, dtype=qt.dtype, device=qt.device),
                 )
@@ -749,6 +847,8 @@ class Forecaster(BaseEstimator):
             "fitted": {
                 "model_kwargs": self.model_kwargs_,
                 "static_encoder": None if self.static_encoder_ is None else self.static_encoder_.to_dict(),
+                "exog_cols": list(self.exog_cols_),
+                "future_exog_cols": list(self.future_exog_cols_),
                 "n_models": self.n_models_,
                 "id_col": self.id_col_,
                 "time_col": self.time_col_,
@@ -832,6 +932,12 @@ class Forecaster(BaseEstimator):
             kwargs = dict(fitted["model_kwargs"])
             static = fitted.get("static_encoder")
             encoder = None if static is None else StaticEncoder.from_dict(static)
+            exog = [str(c) for c in fitted.get("exog_cols", [])]
+            future_exog = [str(c) for c in fitted.get("future_exog_cols", [])]
+            if len(exog) != len(scaling.input_scale if scaling.input_scale is not None else []):
+                raise ValueError("exog_cols and the input scaling disagree in length")
+            if not set(future_exog) <= set(exog):
+                raise ValueError("future_exog_cols are not among exog_cols")
             model = est._build(len(values), kwargs, int(fitted.get("n_models", est.n_members)))
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{source / CONFIG_FILE} is incomplete or invalid: {err!r}") from err
@@ -852,6 +958,7 @@ class Forecaster(BaseEstimator):
         model.load_state_dict(state)
         model.to(resolved).eval()
         est.model_, est.model_kwargs_, est.static_encoder_ = model, kwargs, encoder
+        est.exog_cols_, est.future_exog_cols_ = exog, future_exog
         est.n_models_ = len(_members(model))
         est.codec_, est.scaling_ = codec, scaling
         est.id_col_, est.time_col_, est.value_cols_ = fitted["id_col"], fitted["time_col"], values

@@ -414,9 +414,10 @@ def _solve_rescaled(
     """``h`` at ``s[-1]`` under ``dh/ds = scale * f(h)``, solved by :func:`integrate` from ``s[0]``."""
     wrapped = NFECounter(_Rescaled(field, scale))
     params = field.parameters() if isinstance(field, nn.Module) else ()
-    out = integrate(
-        wrapped, h, s, options, counter=wrapped, adjoint_params=tuple(p for p in params if p.requires_grad)
-    )[-1]
+    # Tensors the field depends on besides its parameters (a bound context) need gradients too.
+    extra = tuple(getattr(field, "adjoint_tensors", ()))
+    adjoint = tuple(p for p in params if p.requires_grad) + extra
+    out = integrate(wrapped, h, s, options, counter=wrapped, adjoint_params=adjoint)[-1]
     if counter is not None:
         counter.add(wrapped.nfe_forward)
     return out

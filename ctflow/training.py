@@ -443,7 +443,7 @@ def evaluate_forecast_nll(
     def terms(part: slice) -> tuple[Tensor, Tensor]:
         ctx = context.select(part, trim=True).to(device, dtype)
         tgt = target.select(part, trim=True).to(device, dtype)
-        predictive = model.predict(model.filter(ctx), tgt.times)
+        predictive = model.predict(model.filter(ctx), tgt.times, model.known_inputs(tgt))
         return -predictive.log_prob(tgt.values, tgt.mask).sum(), tgt.mask.sum()
 
     return _mean_over_chunks(model, len(context), batch_size, terms)

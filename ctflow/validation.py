@@ -6,6 +6,7 @@ import math
 from typing import Any
 
 import numpy as np
+import pandas as pd
 import torch
 from torch import nn
 
@@ -25,7 +26,7 @@ def _model_draws(model: nn.Module, context: IrregularBatch, target: IrregularBat
     try:
         with torch.no_grad():
             ctx, tgt = context.to(param.device, param.dtype), target.to(param.device, param.dtype)
-            predictive = model.predict(model.filter(ctx), tgt.times)
+            predictive = model.predict(model.filter(ctx), tgt.times, model.known_inputs(tgt))
             draws = predictive.sample(n)
             log_prob = predictive.log_prob(tgt.values, tgt.mask)
     finally:
@@ -63,6 +64,11 @@ def validation_report(
     if len(context) > max_series:
         keep = np.sort(np.random.default_rng(seed).choice(len(context), max_series, replace=False))
         context, target = context.select(keep, trim=True), target.select(keep, trim=True)
+    # Persistence needs a value to persist: series whose context holds only inputs are left out.
+    known = (context.mask.sum((1, 2)) > 0) & (target.mask.sum((1, 2)) > 0)
+    if not bool(known.all()):
+        keep = np.flatnonzero(known.cpu().numpy())
+        context, target = context.select(keep, trim=True), target.select(keep, trim=True)
     with rng_scope(seed, next(model.parameters()).device, always_fork=True):
         draws, log_prob = _model_draws(model, context, target, n_samples)
     y, mask = target.values.double(), target.mask.double()
@@ -70,10 +76,14 @@ def validation_report(
     model_scores["nll"] = float(-log_prob.sum() / mask.sum())
 
     names = {"id_col": train.id_col, "time_col": train.time_col}
-    baseline = LastValueBaseline(random_state=seed).fit(to_dataframe(train, include_static=False), **names)
-    target_frame = to_dataframe(target, include_static=False)
+
+    def targets_only(batch: IrregularBatch) -> pd.DataFrame:
+        return to_dataframe(batch, include_static=False, include_inputs=False)
+
+    baseline = LastValueBaseline(random_state=seed).fit(targets_only(train), **names)
+    target_frame = targets_only(target)
     forecast = baseline.forecast(
-        to_dataframe(context, include_static=False),
+        targets_only(context),
         times=target_frame[[train.id_col, train.time_col]],
         n_samples=n_samples,
     )
@@ -81,7 +91,7 @@ def validation_report(
     for col in (train.id_col, train.time_col):
         if not np.array_equal(forecast.queries[col].to_numpy(), target_frame[col].to_numpy()):
             raise RuntimeError("the baseline's forecast rows are not in the targets' order")
-    pad = target.pad_mask
+    pad = target.pad_mask & (target.mask.sum(-1) > 0)  # the rows with a target (not inputs only)
     base = torch.zeros_like(draws)
     base[:, pad] = torch.as_tensor(forecast.samples, dtype=base.dtype)
     base_scores = _scores(base, y, mask)

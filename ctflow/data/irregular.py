@@ -62,6 +62,10 @@ class IrregularBatch:
         variables: names of the ``D`` value columns (default ``y0 .. y{D-1}``).
         static: optional ``(B, S)`` per-series covariates.
         static_names: names of the ``S`` static columns (default ``s0 .. s{S-1}``).
+        inputs: optional ``(B, N, E)`` exogenous inputs at the rows' times (doses, treatments):
+            conditioned on, never scored; a row may hold only inputs (its ``mask`` all 0).
+        input_mask: ``(B, N, E)`` 1 where an input is given (required with ``inputs``).
+        input_names: names of the ``E`` inputs (default ``u0 .. u{E-1}``).
         id_col, time_col: column names used by :func:`to_dataframe`.
         id_dtype: dtype of the id column restored by :func:`to_dataframe` (None: inferred).
         validate: check the invariants below (internal operations that preserve them skip it).
@@ -70,7 +74,8 @@ class IrregularBatch:
     consistent shapes and one device; ``0 <= lengths <= N``; masks hold only 0/1 and are 0 on
     padding; values are finite (NaN where ``mask`` is 1 is reported as such); times are finite and
     non-decreasing within each series, and padding times repeat the series' last time (0 for an
-    empty series); static covariates are finite; ids are unique.
+    empty series); static covariates are finite; inputs follow the rules of values and mask; ids
+    are unique.
     """
 
     times: Tensor
@@ -81,6 +86,9 @@ class IrregularBatch:
     variables: list[str] | None = None
     static: Tensor | None = None
     static_names: list[str] | None = None
+    inputs: Tensor | None = None
+    input_mask: Tensor | None = None
+    input_names: list[str] | None = None
     id_col: str = "unique_id"
     time_col: str = "ds"
     id_dtype: Any = dataclasses.field(default=None, repr=False)
@@ -111,6 +119,12 @@ class IrregularBatch:
             self.static_names = [f"s{i}" for i in range(self.static.shape[-1])]
         elif self.static_names is not None:
             self.static_names = [str(s) for s in self.static_names]
+        if self.inputs is not None and self.input_names is None:
+            self.input_names = [f"u{i}" for i in range(self.inputs.shape[-1])]
+        elif self.input_names is not None:
+            self.input_names = [str(s) for s in self.input_names]
+        if self.input_mask is not None and self.input_mask.dtype == torch.bool and self.inputs is not None:
+            self.input_mask = self.input_mask.to(self.inputs.dtype)
         if validate:
             self._check()
 
@@ -119,6 +133,7 @@ class IrregularBatch:
         """Raise a ValueError naming the first invariant (see the class docstring) that fails."""
         self._check_shapes()
         self._check_static()
+        self._check_inputs()
         self._check_device()
         self._check_mask_and_values()
         self._check_times()
@@ -168,11 +183,44 @@ class IrregularBatch:
             series = show_label(self.ids[row])
             raise ValueError(f"static covariates must be finite; series {series} has NaN/inf")
 
+    def _check_inputs(self) -> None:
+        """Check the inputs: ``(B, N, E)`` finite values with a 0/1 mask that is 0 on padding."""
+        if self.inputs is None:
+            if self.input_mask is not None or self.input_names is not None:
+                raise ValueError("input_mask or input_names given without inputs")
+            return
+        shape = tuple(self.values.shape[:2])
+        for name in ("inputs", "input_mask"):
+            x = getattr(self, name)
+            if not isinstance(x, Tensor) or x.ndim != 3 or tuple(x.shape[:2]) != shape:
+                got = tuple(x.shape) if isinstance(x, Tensor) else type(x).__name__
+                raise ValueError(f"{name} must be a (B, N, E) = {(*shape, 'E')} tensor, got {got}")
+            if not x.is_floating_point():
+                raise ValueError(f"{name} must be a floating tensor, got {x.dtype}")
+        if self.input_mask.shape != self.inputs.shape:
+            raise ValueError(
+                f"input_mask has shape {tuple(self.input_mask.shape)}, inputs {tuple(self.inputs.shape)}"
+            )
+        if len(self.input_names) != self.inputs.shape[-1]:
+            raise ValueError(
+                f"input_names must name the {self.inputs.shape[-1]} inputs, got {self.input_names}"
+            )
+        if not ((self.input_mask == 0) | (self.input_mask == 1)).all():
+            raise ValueError("input_mask must contain only 0 and 1")
+        if ((self.input_mask == 1) & ~self.pad_mask[..., None]).any():
+            raise ValueError("input_mask must be 0 on padding rows past the length")
+        bad = ~torch.isfinite(self.inputs)
+        if bad.any():
+            b, i, e = (int(v) for v in torch.nonzero(bad)[0])
+            raise ValueError(
+                f"inputs must be finite (0 where not given); series {show_label(self.ids[b])}, row {i}, "
+                f"input {self.input_names[e]!r} is {float(self.inputs[b, i, e])}"
+            )
+
     def _check_device(self) -> None:
         """Check that every tensor lies on one device."""
         tensors = [self.times, self.values, self.mask, self.lengths]
-        if self.static is not None:
-            tensors.append(self.static)
+        tensors += [t for t in (self.static, self.inputs, self.input_mask) if t is not None]
         devices = {t.device for t in tensors}
         if len(devices) > 1:
             raise ValueError(f"all tensors must be on one device, got {sorted(map(str, devices))}")
@@ -266,12 +314,19 @@ class IrregularBatch:
         return rows[None, :] < self.lengths[:, None]
 
     @property
+    def n_inputs(self) -> int:
+        """Number of exogenous inputs ``E`` (0 without)."""
+        return 0 if self.inputs is None else self.inputs.shape[-1]
+
+    @property
     def n_observed(self) -> int:
         """Total number of observed values (sum of the mask)."""
         return int(self.mask.sum().item())
 
     def __repr__(self) -> str:
         static = "" if self.static is None else f", static={self.static_names}"
+        if self.inputs is not None:
+            static += f", inputs={self.input_names}"
         return (
             f"IrregularBatch(series={self.n_series}, max_length={self.max_length}, "
             f"variables={self.variables}, observed={self.n_observed}{static}, "
@@ -303,6 +358,8 @@ class IrregularBatch:
             mask=move(self.mask),
             lengths=move(self.lengths, floating=False),
             static=move(self.static),
+            inputs=move(self.inputs),
+            input_mask=move(self.input_mask),
         )
 
     def select(self, idx: SeriesIndex, trim: bool = False) -> IrregularBatch:
@@ -321,6 +378,8 @@ class IrregularBatch:
             lengths=self.lengths[t_index.to(self.lengths.device)],
             ids=self.ids[index],
             static=None if self.static is None else self.static[t_index],
+            inputs=None if self.inputs is None else self.inputs[t_index],
+            input_mask=None if self.inputs is None else self.input_mask[t_index],
         )
         return out.trim() if trim else out
 
@@ -329,8 +388,11 @@ class IrregularBatch:
         n_rows = int(self.lengths.max()) if len(self) else 0
         if n_rows == self.max_length:
             return self
+        inputs = {}
+        if self.inputs is not None:
+            inputs = {"inputs": self.inputs[:, :n_rows], "input_mask": self.input_mask[:, :n_rows]}
         return self._replace(
-            times=self.times[:, :n_rows], values=self.values[:, :n_rows], mask=self.mask[:, :n_rows]
+            times=self.times[:, :n_rows], values=self.values[:, :n_rows], mask=self.mask[:, :n_rows], **inputs
         )
 
 
@@ -404,19 +466,23 @@ def _gather_rows(batch: IrregularBatch, start: Tensor, count: Tensor) -> Irregul
     rows = torch.arange(n_new, device=device)
     src = (start[:, None] + rows[None, :]).clamp(max=max(batch.max_length - 1, 0))
     valid = rows[None, :] < count[:, None]
+
+    def rows_of(x: Tensor) -> Tensor:
+        if batch.max_length == 0:
+            return x.new_zeros((len(batch), n_new, x.shape[-1]))
+        return x.gather(1, src[..., None].expand(-1, -1, x.shape[-1])) * valid[..., None]
+
     if batch.max_length == 0:
-        shape = (len(batch), n_new)
-        times = torch.zeros(shape, dtype=batch.times.dtype, device=device)
-        values = torch.zeros((*shape, batch.n_variables), dtype=batch.values.dtype, device=device)
-        mask = torch.zeros_like(values)
+        times = torch.zeros((len(batch), n_new), dtype=batch.times.dtype, device=device)
     else:
         times = batch.times.gather(1, src)
-        dim = batch.n_variables
-        src3 = src[..., None].expand(-1, -1, dim)
-        values = batch.values.gather(1, src3) * valid[..., None]
-        mask = batch.mask.gather(1, src3) * valid[..., None]
     times = _padded_times(torch.where(valid, times, torch.zeros_like(times)), count)
-    return batch._replace(times=times, values=values, mask=mask, lengths=count.clone())
+    inputs = {}
+    if batch.inputs is not None:
+        inputs = {"inputs": rows_of(batch.inputs), "input_mask": rows_of(batch.input_mask)}
+    return batch._replace(
+        times=times, values=rows_of(batch.values), mask=rows_of(batch.mask), lengths=count.clone(), **inputs
+    )
 
 
 def _check_dtype(dtype: torch.dtype) -> None:
@@ -444,6 +510,7 @@ def from_dataframe(
     value_cols: Sequence[str] | str | None = None,
     static_cols: Sequence[str] | str | None = None,
     dtype: torch.dtype = torch.float32,
+    input_cols: Sequence[str] | str | None = None,
 ) -> IrregularBatch:
     """Convert a long DataFrame (one row per series and time, NaN = not measured) to a batch.
 
@@ -455,9 +522,12 @@ def from_dataframe(
         df: the long frame.
         id_col, time_col: series identifier and (numeric) time columns. Datetime or timedelta
             times are a TypeError here: convert them to numbers first (the estimator does).
-        value_cols: the variables; None means every column except id, time and static columns.
+        value_cols: the variables; None means every column except id, time, static and input
+            columns.
         static_cols: per-series covariates, constant within each series and never missing.
         dtype: floating dtype of the tensors.
+        input_cols: exogenous inputs given at their rows' times (NaN where not given); a row
+            may hold only inputs.
 
     Raises:
         ValueError: missing or overlapping columns, duplicated (id, time) pairs, NaN ids or times,
@@ -486,8 +556,11 @@ def from_dataframe(
     _check_dtype(dtype)
     if not isinstance(df, pd.DataFrame):
         raise TypeError(f"df must be a pandas DataFrame, got {type(df).__name__}")
-    value_list, static_list = _frame_columns(df, id_col, time_col, value_cols, static_cols)
-    values, times, static, ids, row_labels = _frame_arrays(df, id_col, time_col, value_list, static_list)
+    input_list = [input_cols] if isinstance(input_cols, str) else list(input_cols or [])
+    value_list, static_list = _frame_columns(df, id_col, time_col, value_cols, static_cols, input_list)
+    values, times, static, ids, row_labels = _frame_arrays(
+        df, id_col, time_col, [*value_list, *input_list], static_list
+    )
     values, times, static, ids, row_labels = _observed_rows(values, times, static, ids, row_labels)
     codes, id_values, order = _sort_rows(ids, times)
     times, values, row_labels = times[order], values[order], row_labels[order]
@@ -500,11 +573,20 @@ def from_dataframe(
         first = _static_per_series(static, static_list, codes, starts, id_values, row_labels)
         static_t = torch.from_numpy(first.astype(cast.dtype))
     times_pad, values_pad, mask_pad = _pad_rows(values, cast, codes, counts, starts)
+    n_values = len(value_list)
+    inputs = {}
+    if input_list:
+        inputs = {
+            "inputs": torch.from_numpy(values_pad[..., n_values:].copy()),
+            "input_mask": torch.from_numpy(mask_pad[..., n_values:].copy()),
+            "input_names": [str(c) for c in input_list],
+        }
 
     return IrregularBatch(
         times=torch.from_numpy(times_pad),
-        values=torch.from_numpy(values_pad),
-        mask=torch.from_numpy(mask_pad),
+        values=torch.from_numpy(values_pad[..., :n_values].copy()),
+        mask=torch.from_numpy(mask_pad[..., :n_values].copy()),
+        **inputs,
         lengths=torch.from_numpy(counts.astype(np.int64)),
         ids=id_values,
         variables=[str(c) for c in value_list],
@@ -523,17 +605,19 @@ def _frame_columns(
     time_col: str,
     value_cols: Sequence[str] | str | None,
     static_cols: Sequence[str] | str | None,
+    input_list: list | None = None,
 ) -> tuple[list, list]:
     """Resolve and check the value and static columns of :func:`from_dataframe`."""
+    input_list = input_list or []
     value_cols = [value_cols] if isinstance(value_cols, str) else value_cols
     static_cols = [static_cols] if isinstance(static_cols, str) else static_cols
     static_list = list(static_cols) if static_cols is not None else []
     if value_cols is None:
-        taken = {id_col, time_col, *static_list}
+        taken = {id_col, time_col, *static_list, *input_list}
         value_list = [c for c in df.columns if c not in taken]
     else:
         value_list = list(value_cols)
-    wanted = [id_col, time_col, *value_list, *static_list]
+    wanted = [id_col, time_col, *value_list, *static_list, *input_list]
     missing = [c for c in dict.fromkeys(wanted) if c not in df.columns]
     if missing:
         raise ValueError(f"columns not found in the DataFrame: {missing}")
@@ -541,7 +625,7 @@ def _frame_columns(
         raise ValueError("no value columns: pass value_cols or give the frame columns besides id/time")
     if len(set(wanted)) != len(wanted):
         dup = sorted({str(c) for c in wanted if wanted.count(c) > 1})
-        raise ValueError(f"a column may have only one role (id, time, value, static); repeated: {dup}")
+        raise ValueError(f"a column may have only one role (id, time, value, static, input); repeated: {dup}")
     if df.columns.duplicated().any():
         dup = sorted({str(c) for c in df.columns[df.columns.duplicated()]})
         raise ValueError(f"duplicated column names in the DataFrame: {dup}")
@@ -550,6 +634,8 @@ def _frame_columns(
         _numeric_check(df, col, "value")
     for col in static_list:
         _numeric_check(df, col, "static")
+    for col in input_list:
+        _numeric_check(df, col, "input")
     return value_list, static_list
 
 
@@ -674,12 +760,20 @@ def _pad_rows(
     return times_pad, values_pad, mask_pad
 
 
-def to_dataframe(batch: IrregularBatch, include_static: bool = True) -> pd.DataFrame:
+def to_dataframe(
+    batch: IrregularBatch, include_static: bool = True, include_inputs: bool = True
+) -> pd.DataFrame:
     """The batch as a long DataFrame: id, time, one float64 column per variable (NaN where not
-    observed) and, if present and ``include_static``, the static covariates repeated per row.
+    observed), if present and ``include_inputs`` one per input (NaN where not given) and, if
+    present and ``include_static``, the static covariates repeated per row.
 
-    Rows are the valid (non-padding) rows, ordered by series then time, with a fresh RangeIndex.
+    Rows are the valid (non-padding) rows, ordered by series then time, with a fresh RangeIndex;
+    without the inputs, rows that held only inputs are left out.
     """
+    if not include_inputs and batch.inputs is not None:
+        kept = batch._replace(inputs=None, input_mask=None, input_names=None)
+        frame = to_dataframe(kept, include_static)
+        return frame[frame[batch.variables].notna().any(axis=1).to_numpy()].reset_index(drop=True)
     pad = batch.pad_mask.cpu().numpy()
     lengths = batch.lengths.cpu().numpy()
     times = batch.times.detach().cpu().double().numpy()[pad]
@@ -693,6 +787,11 @@ def to_dataframe(batch: IrregularBatch, include_static: bool = True) -> pd.DataF
     columns[batch.time_col] = times
     for d, name in enumerate(batch.variables):
         columns[name] = np.where(mask[:, d], values[:, d], np.nan)
+    if batch.inputs is not None:
+        given = batch.input_mask.detach().cpu().numpy()[pad] > 0
+        inputs = batch.inputs.detach().cpu().double().numpy()[pad]
+        for e, name in enumerate(batch.input_names):
+            columns[name] = np.where(given[:, e], inputs[:, e], np.nan)
     if include_static and batch.static is not None:
         static = batch.static.detach().cpu().double().numpy()
         for s, name in enumerate(batch.static_names):
@@ -717,6 +816,8 @@ def collate(batches: Sequence[IrregularBatch]) -> IrregularBatch:
             raise ValueError(f"cannot collate batches with variables {first.variables} and {b.variables}")
         if (b.static is None) != (first.static is None) or b.static_names != first.static_names:
             raise ValueError("cannot collate batches with different static covariates")
+        if b.input_names != first.input_names:
+            raise ValueError(f"cannot collate batches with inputs {first.input_names} and {b.input_names}")
         if b.dtype != first.dtype or b.device != first.device:
             raise ValueError("cannot collate batches with different dtypes or devices")
     n_rows = max(b.max_length for b in batches)
@@ -728,10 +829,18 @@ def collate(batches: Sequence[IrregularBatch]) -> IrregularBatch:
         last = b.times[:, -1:] if b.max_length else b.times.new_zeros((len(b), 1))
         times = torch.cat([b.times, last.expand(-1, extra)], dim=1)
         zeros = b.values.new_zeros((len(b), extra, b.n_variables))
+        inputs = {}
+        if b.inputs is not None:
+            none = b.inputs.new_zeros((len(b), extra, b.n_inputs))
+            inputs = {
+                "inputs": torch.cat([b.inputs, none], 1),
+                "input_mask": torch.cat([b.input_mask, none], 1),
+            }
         return b._replace(
             times=times,
             values=torch.cat([b.values, zeros], 1),
             mask=torch.cat([b.mask, zeros], 1),
+            **inputs,
         )
 
     padded = [pad(b) for b in batches]
@@ -745,6 +854,9 @@ def collate(batches: Sequence[IrregularBatch]) -> IrregularBatch:
         variables=list(first.variables),
         static=None if first.static is None else torch.cat([b.static for b in padded]),
         static_names=first.static_names,
+        inputs=None if first.inputs is None else torch.cat([b.inputs for b in padded]),
+        input_mask=None if first.inputs is None else torch.cat([b.input_mask for b in padded]),
+        input_names=first.input_names,
         id_col=first.id_col,
         time_col=first.time_col,
         id_dtype=id_dtype,

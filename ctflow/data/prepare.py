@@ -20,7 +20,15 @@ import torch
 from .irregular import IrregularBatch, from_dataframe, show_label
 from .timecodec import TimeCodec
 
-__all__ = ["PreparedSeries", "QueryGrid", "Scaling", "check_frame", "prepare_series", "query_grid"]
+__all__ = [
+    "PreparedSeries",
+    "QueryGrid",
+    "Scaling",
+    "check_exog_columns",
+    "check_frame",
+    "prepare_series",
+    "query_grid",
+]
 
 
 # Model times are float32: beyond 2**24 typical gaps from a series' start they no longer resolve one gap.
@@ -104,13 +112,72 @@ def check_frame(
     return values
 
 
+def _column_list(cols: Any, argument: str) -> list:
+    """``cols`` (a name or a list of names) as a list, each name hashable and named once."""
+    cols = [cols] if isinstance(cols, str) else list(cols)
+    for col in cols:
+        try:
+            hash(col)
+        except TypeError:
+            raise TypeError(f"{argument} must hold column names, got {type(col).__name__} {col!r}") from None
+    if len(set(cols)) != len(cols):
+        raise ValueError(f"{argument} repeats a column: {cols}")
+    return cols
+
+
+def check_exog_columns(
+    df: pd.DataFrame,
+    id_col: str,
+    time_col: str,
+    value_cols: Sequence[str] | None,
+    exog_cols: Sequence[str] | None,
+    future_exog_cols: Sequence[str] | None,
+) -> tuple[list, list]:
+    """The checked input columns and the known-future ones among them (None: all of them)."""
+    if exog_cols is None:
+        if future_exog_cols:
+            raise ValueError("future_exog_cols names inputs, but exog_cols is not given")
+        return [], []
+    if not isinstance(df, pd.DataFrame):
+        raise TypeError(f"df must be a pandas DataFrame, got {type(df).__name__}")
+    exog = _column_list(exog_cols, "exog_cols")
+    for col in exog:
+        if col in (id_col, time_col):
+            raise ValueError(f"input column {col!r} is also the id or time column")
+        if col not in df.columns:
+            raise ValueError(f"df has no input column {col!r}; columns are {list(map(str, df.columns))}")
+        dtype = df[col].dtype
+        if pd.api.types.is_bool_dtype(dtype) or not pd.api.types.is_numeric_dtype(dtype):
+            raise TypeError(f"input column {col!r} must be numeric, got dtype {dtype}")
+        if pd.api.types.is_complex_dtype(dtype):
+            raise TypeError(f"input column {col!r} must be real, got dtype {dtype}")
+    if value_cols is not None:
+        values = [value_cols] if isinstance(value_cols, str) else list(value_cols)
+        both = [c for c in exog if c in values]
+        if both:
+            raise ValueError(
+                f"column(s) {both} are named both as targets (value_cols) and as inputs (exog_cols); "
+                "a column is either forecast or conditioned on"
+            )
+    if future_exog_cols is None:
+        return exog, list(exog)
+    future = _column_list(future_exog_cols, "future_exog_cols")
+    unknown = [c for c in future if c not in exog]
+    if unknown:
+        raise ValueError(f"future_exog_cols names {unknown}, which are not among exog_cols {exog}")
+    return exog, [c for c in exog if c in future]
+
+
 @dataclass(frozen=True)
 class Scaling:
-    """Affine maps of the time axis and of each variable: model units = (x - mean) / scale."""
+    """Affine maps of the time axis and of each variable: model units = (x - mean) / scale; and
+    of each exogenous input: model units = u / input_scale (not centred, so that "no dose" and
+    "a dose" stay apart when every dose is the same)."""
 
     time_scale: float
     mean: np.ndarray
     scale: np.ndarray
+    input_scale: np.ndarray | None = None
 
     @classmethod
     def fit(cls, batch: IrregularBatch) -> Scaling:
@@ -118,7 +185,9 @@ class Scaling:
         the median gap between a series' consecutive observations (1 when there is none).
 
         Both are computed on values divided by the variable's largest magnitude, so that neither
-        huge (1e300) nor tiny (1e-300) values overflow or underflow.
+        huge (1e300) nor tiny (1e-300) values overflow or underflow. The gaps are those between
+        rows with a target observed; each input's scale is the root mean square of its given
+        values (1 where all are 0).
         """
         values = batch.values.double().numpy()
         mask = batch.mask.double().numpy() > 0
@@ -140,21 +209,20 @@ class Scaling:
                 f"value column {batch.variables[d]!r} {what} to standardise in float64 (largest "
                 f"magnitude {peak[d]:.3g}); rescale it"
             )
-        times = batch.times.double().numpy()
-        with np.errstate(over="ignore", invalid="ignore"):
-            gaps = np.diff(times, axis=1)
-        valid = np.arange(1, times.shape[1])[None, :] < batch.lengths.numpy()[:, None]
-        gaps = gaps[valid & (gaps > 0)] if gaps.size else gaps.reshape(-1)
+        gaps = _target_gaps(batch)
         time_scale = float(np.median(gaps)) if gaps.size else 1.0
         if not (np.isfinite(time_scale) and time_scale > 0):
             raise ValueError(
                 f"time column {batch.time_col!r}: the median gap between observations ({time_scale}) is "
                 "not a positive finite number; rescale the times"
             )
-        return cls(time_scale=time_scale, mean=mean, scale=scale)
+        return cls(time_scale=time_scale, mean=mean, scale=scale, input_scale=_input_scale(batch))
 
     def to_dict(self) -> dict[str, Any]:
-        return {"time_scale": self.time_scale, "mean": self.mean.tolist(), "scale": self.scale.tolist()}
+        out = {"time_scale": self.time_scale, "mean": self.mean.tolist(), "scale": self.scale.tolist()}
+        if self.input_scale is not None:
+            out["input_scale"] = self.input_scale.tolist()
+        return out
 
     @classmethod
     def from_dict(cls, config: dict[str, Any]) -> Scaling:
@@ -163,7 +231,11 @@ class Scaling:
         time_scale = float(config["time_scale"])
         if mean.shape != scale.shape or mean.ndim != 1 or not (scale > 0).all() or not time_scale > 0:
             raise ValueError("invalid scaling in the saved configuration")
-        return cls(time_scale=time_scale, mean=mean, scale=scale)
+        inputs = config.get("input_scale")
+        input_scale = None if inputs is None else np.asarray(inputs, dtype=np.float64)
+        if input_scale is not None and (input_scale.ndim != 1 or not (input_scale > 0).all()):
+            raise ValueError("invalid input scaling in the saved configuration")
+        return cls(time_scale=time_scale, mean=mean, scale=scale, input_scale=input_scale)
 
     def values_to_model(self, values: np.ndarray) -> np.ndarray:
         return (values - self.mean) / self.scale
@@ -172,6 +244,30 @@ class Scaling:
         """Original units; values beyond the float64 range become inf (callers check)."""
         with np.errstate(over="ignore", invalid="ignore"):
             return values * self.scale + self.mean
+
+
+def _target_gaps(batch: IrregularBatch) -> np.ndarray:
+    """Positive gaps between consecutive rows with a target observed, over every series."""
+    times = batch.times.double().numpy()
+    keep = batch.pad_mask.numpy() & (batch.mask.numpy() > 0).any(-1)
+    series = np.broadcast_to(np.arange(len(times))[:, None], times.shape)[keep]
+    t = times[keep]
+    with np.errstate(over="ignore", invalid="ignore"):
+        gaps = np.diff(t)
+    gaps = gaps[(series[1:] == series[:-1]) & (gaps > 0)] if gaps.size else gaps
+    return gaps
+
+
+def _input_scale(batch: IrregularBatch) -> np.ndarray | None:
+    """Root mean square of each input's given values (1 where there are none or all are 0)."""
+    if batch.inputs is None:
+        return None
+    given = batch.input_mask.double().numpy() > 0
+    u = np.where(given, batch.inputs.double().numpy(), 0.0)
+    peak = np.abs(u).max((0, 1), initial=0.0)
+    unit = np.where(peak > 0, peak, 1.0)
+    rms = np.sqrt(((u / unit) ** 2).sum((0, 1)) / np.maximum(given.sum((0, 1)), 1)) * unit
+    return np.where(rms > 0, rms, 1.0)
 
 
 @dataclass
@@ -216,10 +312,20 @@ class PreparedSeries:
                 f"{show_label(raw.ids[b])}) lies too far from the training values (mean "
                 f"{scaling.mean[d]:.3g}, standard deviation {scaling.scale[d]:.3g}) for the model"
             )
+        inputs = {}
+        if raw.inputs is not None:
+            given = raw.input_mask.numpy() > 0
+            u = np.where(given, raw.inputs.numpy() / scaling.input_scale, 0.0)
+            inputs = {
+                "inputs": torch.from_numpy(u).to(dtype),
+                "input_mask": raw.input_mask.to(dtype),
+                "input_names": raw.input_names,
+            }
         return IrregularBatch(
             times=torch.from_numpy(times).to(dtype),
             values=torch.from_numpy(values).to(dtype),
             mask=raw.mask.to(dtype),
+            **inputs,
             lengths=raw.lengths,
             ids=raw.ids,
             variables=raw.variables,
@@ -261,24 +367,31 @@ def prepare_series(
     value_cols: list[str],
     codec: TimeCodec,
     name: str = "df",
+    input_cols: Sequence[str] = (),
 ) -> PreparedSeries:
-    """Encode the times of a checked frame and convert it (errors name the offending row/series)."""
+    """Encode the times of a checked frame and convert it (errors name the offending row/series).
+
+    ``input_cols``: exogenous inputs, kept in the batch's ``inputs``; a series' last time is
+    that of its last row, input rows included (the end of what is known about it)."""
     times = codec.encode(df[time_col], time_col)
+    input_cols = list(input_cols)
     columns = {id_col: df[id_col].array, time_col: times}
-    columns.update({col: df[col].to_numpy(dtype=np.float64, na_value=np.nan) for col in value_cols})
+    columns.update(
+        {col: df[col].to_numpy(dtype=np.float64, na_value=np.nan) for col in [*value_cols, *input_cols]}
+    )
     frame = pd.DataFrame(columns, index=df.index)
     if frame[id_col].isna().any():
         row = frame.index[np.flatnonzero(frame[id_col].isna().to_numpy())[0]]
         raise ValueError(f"{name}: id column {id_col!r} has a missing value at row {show_label(row)}")
-    observed = frame[value_cols].notna().any(axis=1)
+    observed = frame[[*value_cols, *input_cols]].notna().any(axis=1)
     has_obs = observed.groupby(frame[id_col], sort=False).any()
     if not has_obs.all():
         empty = has_obs.index[~has_obs.to_numpy()].tolist()
         raise ValueError(
             f"{name}: series {empty[:5]}{' ...' if len(empty) > 5 else ''} have no observed value "
-            f"in {value_cols}"
+            f"in {[*value_cols, *input_cols]}"
         )
-    raw = from_dataframe(frame, id_col, time_col, value_cols, dtype=torch.float64)
+    raw = from_dataframe(frame, id_col, time_col, value_cols, dtype=torch.float64, input_cols=input_cols)
     lengths = raw.lengths.numpy()
     t = raw.times.numpy()
     origin = t[:, 0].copy()
@@ -290,23 +403,30 @@ def prepare_series(
 def _history_frame(
     raw: IrregularBatch, id_col: str, time_col: str, value_cols: list[str], codec: TimeCodec
 ) -> pd.DataFrame:
+    """The target observations (rows holding only inputs left out) in original units."""
     pad = raw.pad_mask.numpy()
     columns = {id_col: np.repeat(raw.ids, raw.lengths.numpy())}
     columns[time_col] = codec.decode(raw.times.numpy()[pad]).to_numpy()
-    values = np.where(raw.mask.numpy()[pad] > 0, raw.values.numpy()[pad], np.nan)
+    observed = raw.mask.numpy()[pad] > 0
+    values = np.where(observed, raw.values.numpy()[pad], np.nan)
     columns.update({col: values[:, d] for d, col in enumerate(value_cols)})
-    return pd.DataFrame(columns)
+    frame = pd.DataFrame(columns)
+    return frame if observed.any(1).all() else frame[observed.any(1)].reset_index(drop=True)
 
 
 @dataclass
 class QueryGrid:
     """Forecast queries as a padded grid: ``times (B, Q)`` encoded (unscaled) query times per
     context series, non-decreasing along a row (padding repeats the row's last query); output row
-    ``k`` is grid cell ``(series[k], slot[k])``."""
+    ``k`` is grid cell ``(series[k], slot[k])``. With known-future inputs, ``inputs (B, Q, E)``
+    (original units) and ``input_mask`` hold the inputs given at each cell, applied after the
+    cell's prediction (cells that only carry inputs are no output row's)."""
 
     times: np.ndarray
     series: np.ndarray
     slot: np.ndarray
+    inputs: np.ndarray | None = None
+    input_mask: np.ndarray | None = None
 
     @property
     def n_queries(self) -> int:

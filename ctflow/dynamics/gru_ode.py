@@ -17,26 +17,86 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-__all__ = ["GRUODECell", "GRUBayes"]
+__all__ = ["BoundGRUODE", "GRUBayes", "GRUODECell", "InputJump"]
 
 
 class GRUODECell(nn.Module):
-    """The GRU-ODE vector field ``f(h) = (1 - z) * (g - h)`` (autonomous form)."""
+    """The GRU-ODE vector field ``f(h) = (1 - z) * (g - h)`` (autonomous form).
 
-    def __init__(self, hidden_size: int, bias: bool = True):
+    With ``context_dim > 0`` the gates also see a per-series context ``c`` (static covariates):
+    ``r, z = sigmoid(W h + b + U_rz c)``, ``g = tanh(W_g (r * h) + b_g + U_g c)``; :meth:`bind`
+    fixes ``c`` for one integration. ``U`` starts at 0 (the unconditioned field).
+    """
+
+    def __init__(self, hidden_size: int, bias: bool = True, context_dim: int = 0):
         super().__init__()
         self.hidden_size = hidden_size
         self.rz = nn.Linear(hidden_size, 2 * hidden_size, bias=bias)
         self.g = nn.Linear(hidden_size, hidden_size, bias=bias)
+        self.context_dim = context_dim
+        if context_dim:
+            self.context = nn.Linear(context_dim, 3 * hidden_size, bias=False)
+            nn.init.zeros_(self.context.weight)
+
+    def forward(self, h: Tensor) -> Tensor:
+        rate, target = self.rate_and_target(h)
+        return rate * (target - h)
+
+    def rate_and_target(self, h: Tensor, shift: Tensor | None = None) -> tuple[Tensor, Tensor]:
+        """``(1 - z, g)``: the field relaxes ``h`` towards ``g`` at rate ``1 - z``; ``shift (B, 3H)``
+        is added to the gates' pre-activations (the bound context's term)."""
+        pre_rz = self.rz(h)
+        if shift is not None:
+            pre_rz = pre_rz + shift[..., : 2 * self.hidden_size]
+        r, z = torch.sigmoid(pre_rz).chunk(2, dim=-1)
+        pre_g = self.g(r * h)
+        if shift is not None:
+            pre_g = pre_g + shift[..., 2 * self.hidden_size :]
+        return 1.0 - z, torch.tanh(pre_g)
+
+    def bind(self, context: Tensor | None) -> GRUODECell | BoundGRUODE:
+        """The field with the context ``c (B, context_dim)`` of each row fixed (itself without)."""
+        if not self.context_dim or context is None:
+            return self
+        return BoundGRUODE(self, self.context(context))
+
+
+class BoundGRUODE(nn.Module):
+    """A :class:`GRUODECell` with each row's context term fixed: callable as ``f(h)``, with the
+    ``rate_and_target`` that exponential Euler steps use. ``adjoint_tensors`` names the context
+    term for adjoint solves (it is not a parameter, yet gradients must reach it)."""
+
+    def __init__(self, cell: GRUODECell, shift: Tensor):
+        super().__init__()
+        self.cell, self.shift = cell, shift
+
+    @property
+    def adjoint_tensors(self) -> tuple[Tensor, ...]:
+        return (self.shift,) if self.shift.requires_grad else ()
 
     def forward(self, h: Tensor) -> Tensor:
         rate, target = self.rate_and_target(h)
         return rate * (target - h)
 
     def rate_and_target(self, h: Tensor) -> tuple[Tensor, Tensor]:
-        """``(1 - z, g)``: the field relaxes ``h`` towards ``g`` at rate ``1 - z``."""
-        r, z = torch.sigmoid(self.rz(h)).chunk(2, dim=-1)
-        return 1.0 - z, torch.tanh(self.g(r * h))
+        return self.cell.rate_and_target(h, self.shift)
+
+
+class InputJump(nn.Module):
+    """The jump of the hidden state at an exogenous input (a dose, a treatment):
+    ``h <- GRUCell([u * m, m], h)`` on the rows where some input is given (mask ``m``), the
+    others unchanged. Inputs are conditioned on, never scored."""
+
+    def __init__(self, n_inputs: int, hidden_size: int):
+        super().__init__()
+        self.n_inputs = n_inputs
+        self.cell = nn.GRUCell(2 * n_inputs, hidden_size)
+
+    def forward(self, h: Tensor, u: Tensor, mask: Tensor) -> Tensor:
+        """``u, mask (B, E)``."""
+        h_new = self.cell(torch.cat([u * mask, mask], dim=-1), h)
+        given = mask.amax(dim=-1, keepdim=True)
+        return h + given * (h_new - h)
 
 
 class GRUBayes(nn.Module):

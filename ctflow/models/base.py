@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import abc
 from collections.abc import Callable
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -21,7 +21,18 @@ from ..checks import positive_int
 from ..data.irregular import IrregularBatch
 from ..ode import NFECounter, SolverOptions, integrate_intervals
 
-__all__ = ["Predictive", "SequenceModel"]
+__all__ = ["Predictive", "QueryInputs", "SequenceModel"]
+
+
+class QueryInputs(NamedTuple):
+    """Known-future inputs at the query times: ``values (B, Q, E)`` in model units and ``mask (B,
+    Q, E)`` (1 where given). An input at a query applies after that query's prediction.
+    ``is_query (B, Q)``: 0 at cells that only carry inputs (no draw is made there in a sample
+    path, nothing is observed); None: every cell is a query."""
+
+    values: Tensor
+    mask: Tensor
+    is_query: Tensor | None = None
 
 
 class Predictive(Protocol):
@@ -91,15 +102,53 @@ class SequenceModel(nn.Module, abc.ABC):
         its observations), for :meth:`predict` and :meth:`sample_paths`."""
 
     @abc.abstractmethod
-    def predict(self, state: Any, times: Tensor) -> Predictive:
+    def predict(self, state: Any, times: Tensor, inputs: QueryInputs | None = None) -> Predictive:
         """Predictive densities at query ``times (B, Q)`` from a :meth:`filter` state, with no
-        further observations assumed: each query point's marginal predictive (:class:`Predictive`)."""
+        further observations assumed: each query point's marginal predictive (:class:`Predictive`).
+        ``inputs``: known-future inputs at the query times (models that take inputs)."""
 
     @abc.abstractmethod
-    def sample_paths(self, state: Any, times: Tensor, n: int) -> Tensor:
+    def sample_paths(self, state: Any, times: Tensor, n: int, inputs: QueryInputs | None = None) -> Tensor:
         """``n >= 1`` joint draws ``(n, B, Q, D)`` of all variables over the query ``times (B, Q)``
         from a :meth:`filter` state: each path is one draw of the whole future (draws at later
         times depend on those at earlier ones), unlike :meth:`Predictive.sample`."""
+
+    n_inputs: int = 0
+
+    def known_inputs(self, batch: IrregularBatch) -> QueryInputs | None:
+        """The inputs of the rows of ``batch`` that a forecast may know in advance (as
+        :meth:`predict`'s ``inputs`` with ``times = batch.times``), past-only inputs masked out:
+        what a forecast of held-out rows is given. None for a batch without inputs."""
+        if batch.inputs is None:
+            return None
+        if not self.n_inputs:
+            raise ValueError(
+                f"{type(self).__name__} was built without inputs; the batch has {batch.input_names}"
+            )
+        ref = self._reference()
+        known = 1.0 - self.past_only_inputs().to(ref)
+        return QueryInputs(batch.inputs.to(ref), batch.input_mask.to(ref) * known)
+
+    def past_only_inputs(self) -> Tensor:
+        """``(E,)`` 1 for each input that is not known in advance."""
+        return torch.zeros(self.n_inputs)
+
+    def _check_inputs(self, inputs: QueryInputs | None, times: Tensor) -> QueryInputs | None:
+        """``inputs`` on ``times``' dtype and device, checked against the model's ``n_inputs``."""
+        if inputs is None:
+            return None
+        if not self.n_inputs:
+            raise ValueError(f"{type(self).__name__} was built without inputs; it takes none")
+        values, mask = (torch.as_tensor(x).to(times) for x in inputs[:2])
+        shape = (*times.shape, self.n_inputs)
+        if tuple(values.shape) != shape or tuple(mask.shape) != shape:
+            raise ValueError(f"inputs must have shape (B, Q, E) = {shape}, got {tuple(values.shape)}")
+        is_query = inputs.is_query if isinstance(inputs, QueryInputs) else None
+        if is_query is not None:
+            is_query = torch.as_tensor(is_query).to(times)
+            if is_query.shape != times.shape:
+                raise ValueError(f"is_query must have the shape of times {tuple(times.shape)}")
+        return QueryInputs(values, mask, is_query)
 
     def _reference(self) -> Tensor:
         """A parameter: data are moved to its dtype and device (the model's)."""

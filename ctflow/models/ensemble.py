@@ -18,7 +18,7 @@ from torch import Tensor, nn
 
 from ..data.irregular import IrregularBatch
 from ..flows.numerics import shuffled_draws, solve_increasing
-from .base import Predictive, SequenceModel
+from .base import Predictive, QueryInputs, SequenceModel
 
 __all__ = ["DeepEnsemble", "EnsemblePredictive"]
 
@@ -115,15 +115,23 @@ class DeepEnsemble(SequenceModel):
         """Each member's filter state."""
         return tuple(m.filter(batch) for m in self.members)
 
-    def predict(self, state: tuple, times: Tensor) -> EnsemblePredictive:
-        """The equal-weight mixture of the members' predictive densities at ``times (B, Q)``."""
-        return EnsemblePredictive([m.predict(s, times) for m, s in zip(self.members, state, strict=True)])
+    @property
+    def n_inputs(self) -> int:
+        return self.members[0].n_inputs
 
-    def sample_paths(self, state: tuple, times: Tensor, n: int) -> Tensor:
+    def past_only_inputs(self) -> Tensor:
+        return self.members[0].past_only_inputs()
+
+    def predict(self, state: tuple, times: Tensor, inputs: QueryInputs | None = None) -> EnsemblePredictive:
+        """The equal-weight mixture of the members' predictive densities at ``times (B, Q)``."""
+        pairs = zip(self.members, state, strict=True)
+        return EnsemblePredictive([m.predict(s, times, inputs) for m, s in pairs])
+
+    def sample_paths(self, state: tuple, times: Tensor, n: int, inputs: QueryInputs | None = None) -> Tensor:
         """Joint paths ``(n, B, Q, D)``: ``ceil(n / M)`` from each member, shuffled per series
         (a path stays whole; which member drew it is random)."""
         self._check_n_paths(n)
         k = -(-n // len(self.members))
-        x = torch.cat([m.sample_paths(s, times, k) for m, s in zip(self.members, state, strict=True)])
+        x = torch.cat([m.sample_paths(s, times, k, inputs) for m, s in zip(self.members, state, strict=True)])
         order = torch.rand(x.shape[:2], device=x.device).argsort(0)[:n]
         return x.gather(0, order[:, :, None, None].expand(-1, -1, *x.shape[2:]))

@@ -13,7 +13,7 @@ timestamps of the batch (about 200), and no value is read back from the device i
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -21,9 +21,9 @@ from torch import Tensor, nn
 
 from ..checks import positive_int, probability
 from ..data.irregular import IrregularBatch
-from ..dynamics.gru_ode import GRUBayes, GRUODECell
+from ..dynamics.gru_ode import GRUBayes, GRUODECell, InputJump
 from ..ode import NFECounter, SolverOptions, fixed_step_plan
-from .base import SequenceModel
+from .base import QueryInputs, SequenceModel
 from .emissions import LastValueEmission, MaskedEmission, resolve_emission
 
 __all__ = ["GRUODEBayes", "FilterState", "PredictiveDistribution"]
@@ -136,8 +136,14 @@ class GRUODEBayes(SequenceModel):
         p_hidden: hidden width of the emission network.
         prep_hidden: width of the per-variable GRU-Bayes preprocessing.
         emission: emission name or a :class:`MaskedEmission` instance with ``context_dim = hidden_size``.
-        static_dim: size of static covariates, which set the initial state and which the emission
-            also sees (0: none, a learned ``h0``).
+        static_dim: size of static covariates, which set the initial state, condition the
+            vector field's gates and which the emission also sees (0: none, a learned ``h0``).
+        n_inputs: number of exogenous inputs (doses, treatments) in the batches' ``inputs``: at a
+            row with inputs the state jumps (:class:`ctflow.dynamics.gru_ode.InputJump`) after
+            the row's targets are scored and used; inputs are never scored.
+        future_inputs: indices of the inputs known in advance (applied in forecasts, see
+            :meth:`predict`); the others are past-only, and training's forecast cuts hide them
+            after the cut as forecasting will. None: every input.
         solver: integration between observations (fixed-step ``euler``/``midpoint``/``rk4`` with
             ``step_size`` the largest step in time units, or adaptive ``dopri5`` etc.).
         post_jump_weight: weight of the post-jump negative log-likelihood in the loss.
@@ -181,6 +187,8 @@ class GRUODEBayes(SequenceModel):
         emission: str | MaskedEmission = "gaussian",
         emission_options: dict | None = None,
         static_dim: int = 0,
+        n_inputs: int = 0,
+        future_inputs: Sequence[int] | None = None,
         solver: SolverOptions | dict | None = None,
         post_jump_weight: float = 0.1,
         update_dropout: float = 0.0,
@@ -206,9 +214,18 @@ class GRUODEBayes(SequenceModel):
         if self.carry_forward and not isinstance(emission, LastValueEmission):
             emission = LastValueEmission(emission)
         self.emission = emission
-        self.ode = GRUODECell(hidden_size)
+        self.ode = GRUODECell(hidden_size, context_dim=static_dim)
         self.bayes = GRUBayes(n_variables, emission.n_statistics, prep_hidden, hidden_size)
         self.static_dim = static_dim
+        self.n_inputs = int(n_inputs)
+        if self.n_inputs:
+            self.input_jump = InputJump(self.n_inputs, hidden_size)
+        known = range(self.n_inputs) if future_inputs is None else [int(i) for i in future_inputs]
+        if any(not 0 <= i < self.n_inputs for i in known):
+            raise ValueError(f"future_inputs must index the {self.n_inputs} inputs, got {list(known)}")
+        past_only = torch.ones(self.n_inputs)
+        past_only[list(known)] = 0.0
+        self.register_buffer("past_only", past_only, persistent=False)
         if static_dim:
             self.init_net = nn.Sequential(nn.Linear(static_dim, hidden_size), nn.Tanh())
         else:
@@ -286,8 +303,22 @@ class GRUODEBayes(SequenceModel):
         """Fixed-step step counts for each column of intervals ``dts (B, K)`` (one device read)."""
         return fixed_step_plan(dts, self.solver)
 
-    def _advance(self, h: Tensor, dt: Tensor, n_steps: int | None) -> Tensor:
-        return self._integrate(self.ode, h, dt, self.solver, n_steps, self.nfe)
+    def _advance(self, h: Tensor, dt: Tensor, n_steps: int | None, static: Tensor | None = None) -> Tensor:
+        return self._integrate(self.ode.bind(static), h, dt, self.solver, n_steps, self.nfe)
+
+    def past_only_inputs(self) -> Tensor:
+        return self.past_only
+
+    def _batch_inputs(self, batch: IrregularBatch, like: Tensor) -> tuple[Tensor, Tensor] | None:
+        """The batch's inputs and their mask on ``like``'s dtype and device (None for a model without)."""
+        if not self.n_inputs:
+            if batch.inputs is not None:
+                raise ValueError(f"this model takes no inputs; the batch has {batch.input_names}")
+            return None
+        if batch.inputs is None or batch.n_inputs != self.n_inputs:
+            got = None if batch.inputs is None else batch.input_names
+            raise ValueError(f"this model needs a batch with {self.n_inputs} inputs, got {got}")
+        return batch.inputs.to(like), batch.input_mask.to(like)
 
     # ------------------------------------------------------------------ sequence-model API
 
@@ -300,11 +331,12 @@ class GRUODEBayes(SequenceModel):
         if self.start_time is not None:
             self._check_start(dts, f"start_time={self.start_time}")
         plan = self._plan(dts)
+        inputs = self._batch_inputs(batch, h)
         cut = self._training_cuts(batch.lengths.to(h.device)) if score and self.training else None
         nll_pre = h.new_zeros(())
         nll_post = h.new_zeros(())
         for k, n_steps in enumerate(plan):
-            h = self._advance(h, dts[:, k], n_steps)
+            h = self._advance(h, dts[:, k], n_steps, state.static)
             y, m = values[:, k], mask[:, k]
             context = self.context(h, state, times[:, k])
             log_prob, stats = self.emission.log_prob_and_statistics(y, m, context)
@@ -322,6 +354,11 @@ class GRUODEBayes(SequenceModel):
                 # The carried values before this observation: after it, the change would be zero.
                 nll_post = nll_post - self.emission.log_prob(y, m, self.context(h, state, times[:, k])).sum()
             state = state.observe(y, m, times[:, k])
+            if inputs is not None:
+                u_mask = inputs[1][:, k]
+                if cut is not None:  # past-only inputs after the cut are unknown, as in forecasts
+                    u_mask = u_mask * (1 - (k >= cut).to(h.dtype).unsqueeze(-1) * self.past_only.to(h))
+                h = self.input_jump(h, inputs[0][:, k], u_mask)
         final = FilterState(h, self._last_times(times, batch.lengths, state.time), *state._fields()[2:])
         return final, nll_pre, nll_post
 
@@ -348,21 +385,31 @@ class GRUODEBayes(SequenceModel):
         state, _, _ = self._run(batch, score=False)
         return state
 
-    def predict(self, state: FilterState, times: Tensor) -> PredictiveDistribution:
-        """Predictive densities at ``times (B, Q)`` (no further observations assumed)."""
+    def predict(
+        self, state: FilterState, times: Tensor, inputs: QueryInputs | None = None
+    ) -> PredictiveDistribution:
+        """Predictive densities at ``times (B, Q)`` (no further observations assumed); known-future
+        ``inputs`` at the query times act after each query's prediction."""
         times = self._check_query_times(times, state.h.shape[0], state.h)
+        inputs = self._check_inputs(inputs, times)
         dts = self._intervals(state.time, times)
         plan = self._plan(dts)
         h, hs = state.h, []
         for k, n_steps in enumerate(plan):
-            h = self._advance(h, dts[:, k], n_steps)
+            h = self._advance(h, dts[:, k], n_steps, state.static)
             hs.append(h)
+            if inputs is not None:
+                h = self.input_jump(h, inputs.values[:, k], inputs.mask[:, k])
         h_all = torch.stack(hs, dim=1) if hs else state.h.new_zeros(state.h.shape[0], 0, self.hidden_size)
         return PredictiveDistribution(self.emission, self.context(h_all, state, times))
 
-    def sample_paths(self, state: FilterState, times: Tensor, n: int) -> Tensor:
-        """Joint samples ``(n, B, Q, D)`` over the query times: sample, update as if observed, continue."""
+    def sample_paths(
+        self, state: FilterState, times: Tensor, n: int, inputs: QueryInputs | None = None
+    ) -> Tensor:
+        """Joint samples ``(n, B, Q, D)`` over the query times: sample, update as if observed,
+        apply the known-future ``inputs`` given at that time, continue."""
         times = self._check_query_times(times, state.h.shape[0], state.h)
+        inputs = self._check_inputs(inputs, times)
         self._check_n_paths(n)
         b = state.h.shape[0]
         rep = state.repeat(n)
@@ -372,13 +419,21 @@ class GRUODEBayes(SequenceModel):
         times = times.repeat(n, 1)
         h, out = rep.h, []
         full = torch.ones(h.shape[0], self.n_variables, dtype=h.dtype, device=h.device)
+        observed = None
+        if inputs is not None:
+            if inputs.is_query is not None:
+                observed = inputs.is_query.repeat(n, 1).unsqueeze(-1)
+            inputs = QueryInputs(inputs.values.repeat(n, 1, 1), inputs.mask.repeat(n, 1, 1))
         for k, n_steps in enumerate(plan):
-            h = self._advance(h, dts[:, k], n_steps)
+            h = self._advance(h, dts[:, k], n_steps, rep.static)
             context = self.context(h, rep, times[:, k])
             y = self.emission.sample(context, 1)[0]  # all variables jointly
             out.append(y)
-            h = self.bayes(h, self.emission.statistics(y, full, context), full)
-            rep = rep.observe(y, full, times[:, k])
+            m = full if observed is None else full * observed[:, k]  # cells with inputs only: no draw
+            h = self.bayes(h, self.emission.statistics(y, m, context), m)
+            rep = rep.observe(y, m, times[:, k])
+            if inputs is not None:
+                h = self.input_jump(h, inputs.values[:, k], inputs.mask[:, k])
         paths = torch.stack(out, dim=1) if out else h.new_zeros(h.shape[0], 0, self.n_variables)
         return paths.view(n, b, -1, self.n_variables)
 

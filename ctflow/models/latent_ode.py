@@ -30,7 +30,7 @@ from ..data.irregular import IrregularBatch
 from ..dynamics.odernn import ODEFunc, ODERNNEncoder
 from ..flows.numerics import shuffled_draws, solve_increasing
 from ..ode import NFECounter, SolverOptions, fixed_step_plan
-from .base import SequenceModel
+from .base import QueryInputs, SequenceModel
 from .emissions import MaskedEmission, resolve_emission
 from .posterior import Posterior
 
@@ -288,14 +288,20 @@ class LatentODE(SequenceModel):
             return z.new_zeros(s, b, 0, L)
         return torch.stack(out, dim=2)
 
-    def predict(self, state: ParticleState, times: Tensor) -> MixturePredictive:
+    def predict(
+        self, state: ParticleState, times: Tensor, inputs: QueryInputs | None = None
+    ) -> MixturePredictive:
         """Predictive mixtures at ``times (B, Q)`` (no further observations assumed)."""
         times = self._check_query_times(times, state.z.shape[1], state.z)
+        self._check_inputs(inputs, times)
         return MixturePredictive(self.emission, self._trajectories(state.z, state.time, times))
 
-    def sample_paths(self, state: ParticleState, times: Tensor, n: int) -> Tensor:
+    def sample_paths(
+        self, state: ParticleState, times: Tensor, n: int, inputs: QueryInputs | None = None
+    ) -> Tensor:
         """Joint samples ``(n, B, Q, D)``: a particle per path, its trajectory, emission draws."""
         times = self._check_query_times(times, state.z.shape[1], state.z)
+        self._check_inputs(inputs, times)
         self._check_n_paths(n)
         s, b, L = state.z.shape
         pick = torch.randint(s, (n, b), device=state.z.device)
