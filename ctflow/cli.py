@@ -55,6 +55,12 @@ def read_csv(path: str | os.PathLike) -> pd.DataFrame:
 STATIC_HELP = "static covariates: one row per series, the id column and covariate columns"
 
 
+FUTURE_HELP = (
+    "known-future inputs: rows of id, time and the model's known-future input columns after each "
+    "series' context (planned doses)"
+)
+
+
 def _static(args: argparse.Namespace) -> pd.DataFrame | None:
     """The ``--static`` CSV, if given."""
     return read_csv(args.static) if getattr(args, "static", None) else None
@@ -195,6 +201,20 @@ def add_fit_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", help="training checkpoint file, written atomically after every epoch")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
     p.add_argument("--static", metavar="STATIC.csv", help=STATIC_HELP)
+    p.add_argument(
+        "--exog-cols",
+        nargs="+",
+        metavar="NAME",
+        help="columns that are inputs (doses, treatments) given at their rows' times: conditioned on, "
+        "not forecast",
+    )
+    p.add_argument(
+        "--future-exog-cols",
+        nargs="*",
+        metavar="NAME",
+        help="those inputs known in advance, given to forecasts by --future (default: all of --exog-cols; "
+        "the flag alone: none)",
+    )
     p.set_defaults(func=run_fit)
 
 
@@ -229,6 +249,10 @@ def run_fit(args: argparse.Namespace) -> int:
     if args.value_cols:
         for col in args.value_cols:
             _check_column(df, col, args.data, "value")
+    for col in args.exog_cols or []:
+        _check_column(df, col, args.data, "input")
+    if args.future_exog_cols is not None and not args.exog_cols:
+        raise InputError("--future-exog-cols needs --exog-cols")
     est = Forecaster(
         model=model,
         max_steps=args.max_steps,
@@ -252,6 +276,8 @@ def run_fit(args: argparse.Namespace) -> int:
         checkpoint=args.checkpoint,
         resume=args.resume,
         static_df=_static(args),
+        exog_cols=args.exog_cols,
+        future_exog_cols=args.future_exog_cols,
     )
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun every process holds the same model; rank 0 writes it
@@ -296,6 +322,7 @@ def add_forecast_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--plot-series", nargs="+", metavar="ID", help="series to plot (default: the first)")
     p.add_argument("--device", help="auto, cpu or cuda (default: as saved)")
     p.add_argument("--static", metavar="STATIC.csv", help=STATIC_HELP)
+    p.add_argument("--future", metavar="FUTURE.csv", help=FUTURE_HELP)
     p.set_defaults(func=run_forecast)
 
 
@@ -348,8 +375,14 @@ def run_forecast(args: argparse.Namespace) -> int:
     context = _read_for(est, args.context)
     times = _read_for(est, args.times) if args.times else None
     static = _static(args)
+    future = _read_for(est, args.future) if args.future else None
     table = est.predict_table(
-        context, times=times, horizon=args.horizon, quantiles=args.quantiles, static_df=static
+        context,
+        times=times,
+        horizon=args.horizon,
+        quantiles=args.quantiles,
+        static_df=static,
+        future_df=future,
     )
     if args.plot:
         fc = est.forecast(
@@ -359,6 +392,7 @@ def run_forecast(args: argparse.Namespace) -> int:
             n_samples=args.n_samples,
             seed=args.seed,
             static_df=static,
+            future_df=future,
         )
         _plot(fc, _pick_series(fc.queries[est.id_col_], args.plot_series), Path(args.plot))
     n_vars = len(est.value_cols_)
@@ -402,6 +436,23 @@ def split_last(
     return context, target
 
 
+def split_inputs(
+    df: pd.DataFrame, context: pd.DataFrame, target: pd.DataFrame, est: Any
+) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """For a model with inputs: the context with every row up to each series' last context
+    observation, and the known-future input rows after it up to the last target (None without)."""
+    id_col, time_col = est.id_col_, est.time_col_
+    rows = df[df[id_col].isin(target[id_col])]
+    cut = rows[id_col].map(context.groupby(id_col)[time_col].max())
+    end = rows[id_col].map(target.groupby(id_col)[time_col].max())
+    full_context = rows[rows[time_col] <= cut]
+    if not est.future_exog_cols_:
+        return full_context, None
+    planned = rows[(rows[time_col] > cut) & (rows[time_col] < end)]
+    planned = planned[[id_col, time_col, *est.future_exog_cols_]]
+    return full_context, planned[planned[est.future_exog_cols_].notna().any(axis=1)]
+
+
 def evaluate_holdout(est: Any, df: pd.DataFrame, k: int, coverage: Sequence[float], **kwargs: Any) -> dict:
     import torch
 
@@ -413,6 +464,8 @@ def evaluate_holdout(est: Any, df: pd.DataFrame, k: int, coverage: Sequence[floa
     context, target = split_last(df, est.id_col_, est.time_col_, values, k)
     if target.empty:
         raise InputError(f"no series has more than {k} observation time(s) to hold out")
+    if est.exog_cols_:
+        context, kwargs["future_df"] = split_inputs(df, context, target, est)
     fc = est.forecast(context, times=target[[est.id_col_, est.time_col_]], **kwargs)
     y = torch.from_numpy(target[values].to_numpy(dtype=np.float64, na_value=np.nan).copy())
     mask = ~torch.isnan(y)
