@@ -206,15 +206,7 @@ class Forecaster(BaseEstimator):
         exog: Sequence[str] = (),
         future_exog: Sequence[str] = (),
     ) -> dict[str, Any]:
-        settings = self._settings()
-        kwargs = settings.model_kwargs()
-        uses = (("static covariates", "static_df", encoder is not None), ("inputs", "exog_cols", bool(exog)))
-        for what, argument, given in uses:
-            if given and settings.name != "gru_ode_bayes":
-                raise ValueError(
-                    f"{what} are taken by gru_ode_bayes; {settings.name} does not use them: fit "
-                    f"without {argument}"
-                )
+        kwargs = self._settings().model_kwargs()
         if encoder is not None:
             kwargs["static_dim"] = encoder.n_features
         if exog:
@@ -287,13 +279,15 @@ class Forecaster(BaseEstimator):
         ``static_df``: static covariates, one row per series (``id_col`` and numeric, categorical,
         text or boolean columns; see :class:`ctflow.data.covariates.StaticEncoder`), encoded with
         the training series' statistics and categories, which the model remembers. GRU-ODE-Bayes
-        starts each series from a state set by them and conditions its dynamics on them; every
+        starts each series from a state set by them and conditions its dynamics and emission on
+        them; the latent models condition their posterior, prior and emission on them. Every
         prediction method then takes the ``static_df`` of the series it forecasts.
 
         ``exog_cols``: columns of ``df`` that are inputs (doses, treatments, interventions), not
         targets: given at their rows' times (a row may hold only inputs; NaN where not given),
-        conditioned on, never forecast or scored. GRU-ODE-Bayes updates its state at each input
-        after scoring that row's targets, so an input acts on what follows it.
+        conditioned on, never forecast or scored. The models update their state at each input
+        after scoring that row's targets, so an input acts on what follows it (the latent
+        models' encoders also read them).
         ``future_exog_cols``: those of them known in advance (a dosing schedule); every prediction
         method then takes their planned values after each context's end as ``future_df``. None:
         every input is known-future; ``[]``: every input is past-only (forecasts use the inputs

@@ -30,6 +30,11 @@ The protocol of GRU-ODE-Bayes (De Brouwer et al. 2019), LinODEnet (Scholz et al.
    score), and the MSE of the last context value itself (0, the overall mean, for a variable the
    context never observed).
 
+7. With ``--static``, the admission descriptors (age, gender, height, ICU type, weight) go to the
+   Forecaster as ``static_df`` (:func:`static_covariates`: a missing height or weight is set to
+   the training stays' median beside a missing-indicator; gender and ICU type are categories, a
+   missing gender its own), in fitting and in every score.
+
 Published test MSEs on this protocol are listed for reference. Results go to
 ``experiments/results/physionet2012[_TAG].md`` and ``.json``.
 
@@ -44,7 +49,7 @@ Forecaster), the model and its options nested under ``"model"``. The best config
 Each run records the Forecaster's parameters in this form, every model setting included.
 
     python -m experiments.physionet2012 [--seeds 0 1 2 3 4] [--params '{"max_epochs": 50}']
-        [--time-limit 3600] [--n-samples 200] [--data PATH] [--baseline-only]
+        [--time-limit 3600] [--n-samples 200] [--data PATH] [--baseline-only] [--static]
         [--max-train-stays N] [--tag NAME] [--threads N]
     python -m experiments.physionet2012 --merge experiments/results/a.json ... --tag NAME
 """
@@ -161,20 +166,35 @@ def score_forecast(forecast: Forecast, targets: pd.DataFrame) -> dict[str, Any]:
     return scores(forecast, targets, forecast.variables, np.ones(len(forecast.variables)))
 
 
-def joint_nll(model: Any, context: pd.DataFrame, targets: pd.DataFrame) -> float:
+def joint_nll(model: Any, context: pd.DataFrame, targets: pd.DataFrame, **static: Any) -> float:
     """NLL per target value of the targets given the context, jointly, from the model's mean
     one-step-ahead log-likelihood per value (``model.score``) with and without the targets."""
     full = pd.concat([context, targets]).sort_values(["unique_id", "ds"], kind="stable")
     n_context, n_targets = n_values(context), n_values(targets)
-    total = model.score(full) * (n_context + n_targets) - model.score(context) * n_context
+    total = model.score(full, **static) * (n_context + n_targets) - model.score(context, **static) * n_context
     return -total / n_targets
 
 
-def marginal_nll(est: Forecaster, context: pd.DataFrame, targets: pd.DataFrame) -> float:
+def marginal_nll(est: Forecaster, context: pd.DataFrame, targets: pd.DataFrame, **static: Any) -> float:
     """NLL per target value under the marginal predictive density of each target time (the
     fitted model's filter state after the context, propagated to that time; the other targets
     unseen), in the frame's units: ``Forecaster.predictive_log_prob``."""
-    return -float(est.predictive_log_prob(context, targets).sum()) / n_values(targets)
+    return -float(est.predictive_log_prob(context, targets, **static).sum()) / n_values(targets)
+
+
+def static_covariates(static: pd.DataFrame, train_ids: Sequence[Any]) -> pd.DataFrame:
+    """The admission descriptors as a complete ``static_df``: height and weight (and age) filled
+    with the training stays' median where missing, each with a missing-indicator; gender and ICU
+    type as categories (a missing gender is the category ``"missing"``)."""
+    out = pd.DataFrame({"unique_id": static["unique_id"]})
+    train = static["unique_id"].isin(train_ids)
+    for col in ("Age", "Height", "Weight"):
+        values = static[col].astype("float64")
+        out[col] = values.fillna(values[train].median())
+        out[f"{col}_missing"] = values.isna().map({True: "yes", False: "no"})
+    out["Gender"] = static["Gender"].map({0.0: "female", 1.0: "male"}).fillna("missing")
+    out["ICUType"] = static["ICUType"].astype("Int64").astype(str)
+    return out
 
 
 def last_value_mse(context: pd.DataFrame, targets: pd.DataFrame) -> float:
@@ -201,6 +221,7 @@ def prepare(data: Path, max_train_stays: int | None = None) -> dict[str, Any]:
     by_id = frame["unique_id"]
     context, targets, counts = cut_context_targets(frame[by_id.isin(test_ids)])
     return {
+        "static": static_covariates(static, train_ids),
         "train": frame[by_id.isin(train_ids)].reset_index(drop=True),
         "val": frame[by_id.isin(val_ids)].reset_index(drop=True),
         "context": context,
@@ -223,34 +244,41 @@ def prepare(data: Path, max_train_stays: int | None = None) -> dict[str, Any]:
     }
 
 
-def fit_forecaster(est: Forecaster, train: pd.DataFrame, val: pd.DataFrame) -> bool:
+def fit_forecaster(est: Forecaster, train: pd.DataFrame, val: pd.DataFrame, **static: Any) -> bool:
     """Fit on ``train``, passing ``val`` as ``val_df`` when ``fit`` accepts it; whether it did."""
     if "val_df" in inspect.signature(est.fit).parameters:
-        est.fit(train, val_df=val)
+        est.fit(train, val_df=val, **static)
         return True
-    est.fit(train)
+    est.fit(train, **static)
     return False
 
 
 def run_model(
-    data: dict[str, Any], seed: int, params: dict[str, Any], time_limit: float, n_samples: int
+    data: dict[str, Any],
+    seed: int,
+    params: dict[str, Any],
+    time_limit: float,
+    n_samples: int,
+    use_static: bool = False,
 ) -> dict[str, Any]:
     context, targets = data["context"], data["targets"]
+    static = {"static_df": data["static"]} if use_static else {}
     est = Forecaster(**{**params, "random_state": seed, "time_limit": time_limit})
     t0 = time.perf_counter()
-    used_val = fit_forecaster(est, data["train"], data["val"])
+    used_val = fit_forecaster(est, data["train"], data["val"], **static)
     fit_seconds = time.perf_counter() - t0
     queries = targets[["unique_id", "ds"]]
     t0 = time.perf_counter()
-    fc = est.forecast(context, times=queries, n_samples=n_samples, seed=seed)
+    fc = est.forecast(context, times=queries, n_samples=n_samples, seed=seed, **static)
     out = score_forecast(fc, targets)
     torch.manual_seed(seed)
-    out["nll"] = marginal_nll(est, context, targets)
+    out["nll"] = marginal_nll(est, context, targets, **static)
     torch.manual_seed(seed)
-    out["joint_nll"] = joint_nll(est, context, targets)
+    out["joint_nll"] = joint_nll(est, context, targets, **static)
     return {
         **out,
         "seed": seed,
+        "static_covariates": use_static,
         "fit_seconds": fit_seconds,
         "score_seconds": time.perf_counter() - t0,
         "fitted_with_val_df": used_val,
@@ -391,6 +419,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     p.add_argument("--max-train-stays", type=int, default=None, help="subsample training stays")
     p.add_argument("--tag", default="", help="suffix of the results files")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's)")
+    p.add_argument("--static", action="store_true", help="give the admission descriptors as static_df")
     p.add_argument(
         "--merge",
         nargs="+",
@@ -424,7 +453,7 @@ def main(argv: Sequence[str] | None = None) -> None:
     runs = []
     if not args.baseline_only:
         for seed in args.seeds:
-            r = run_model(data, seed, args.params, args.time_limit, args.n_samples)
+            r = run_model(data, seed, args.params, args.time_limit, args.n_samples, args.static)
             runs.append(r)
             print(
                 f"seed {seed}: MSE {r['mse']:.4f}, NLL {r['nll']:.4f}, joint NLL {r['joint_nll']:.4f}, "
@@ -440,6 +469,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             "n_samples": args.n_samples,
             "time_limit": args.time_limit,
             "max_train_stays": args.max_train_stays,
+            "static_covariates": args.static,
         },
         "data": info,
         "machine": machine(),

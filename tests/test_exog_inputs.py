@@ -261,11 +261,6 @@ def test_past_only_inputs_forecast_from_the_context_alone(pk):
             ValueError,
             "future_exog_cols names inputs, but exog_cols is not given",
         ),
-        (
-            {"exog_cols": ["dose"], "model": "latent_ode"},
-            ValueError,
-            "inputs are taken by gru_ode_bayes; latent_ode does not use them",
-        ),
     ],
 )
 def test_bad_input_columns_are_named(pk, fit_kwargs, error, message):
@@ -353,3 +348,60 @@ def test_the_command_line_takes_inputs_and_planned_doses(pk, tmp_path, capsys):
         == 0
     )
     assert "crps" in json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+
+
+# ---------------------------------------------------------------------------------- latent models
+def _latent(kind: str, **kwargs):
+    from ctflow.models import LatentODE, LatentSDE
+
+    torch.manual_seed(0)
+    cls = LatentODE if kind == "ode" else LatentSDE
+    solver = {"method": "rk4", "step_size": 0.02} if kind == "ode" else {"method": "euler", "step_size": 0.25}
+    model = cls(
+        1, latent_dim=3, hidden_size=6, ode_hidden=8, p_hidden=8, n_particles=8, solver=solver, **kwargs
+    )
+    return model.double().eval()
+
+
+@pytest.mark.parametrize("kind", ["ode", "sde"])
+def test_latent_models_jump_at_inputs_and_see_static_covariates(pk, kind):
+    model = _latent(kind, static_dim=2, n_inputs=1)
+    with torch.no_grad():
+        for p in model.input_jump.parameters():
+            p.normal_(0, 0.5)
+        model.prior_net.weight.normal_()
+    batch = _batch(pk)
+    static = torch.randn(len(batch), 2, dtype=torch.float64, generator=torch.Generator().manual_seed(1))
+    batch = batch._replace(static=static, static_names=["a", "b"])
+    z0 = torch.randn(4, len(batch), 3, dtype=torch.float64, generator=torch.Generator().manual_seed(2))
+    if kind == "ode":
+        together, _ = model.decode(z0, batch)
+        alone = torch.cat(
+            [model.decode(z0[:, [i]], batch.select([i], trim=True))[0] for i in range(len(batch))], 1
+        )
+        torch.testing.assert_close(together, alone, rtol=1e-6, atol=1e-6)  # lockstep equals one by one
+        silent = batch._replace(input_mask=torch.zeros_like(batch.input_mask))
+        assert not torch.allclose(model.decode(z0, silent)[0], together)  # the doses act
+    prior = model.prior_log_prob(z0, static)
+    assert not torch.allclose(prior, model.prior_log_prob(z0))  # the prior depends on s
+    # A known-future input changes forecasts after its time only.
+    torch.manual_seed(3)
+    state = model.filter(batch)
+    times = state.time[:, None] + torch.tensor([1.0, 2.0, 3.0], dtype=torch.float64)
+    values = torch.zeros(*times.shape, 1, dtype=torch.float64)
+    mask = torch.zeros_like(values)
+    values[:, 0], mask[:, 0] = 1.0, 1.0
+    torch.manual_seed(4)
+    a = model.predict(state, times, QueryInputs(values, mask)).mean()
+    torch.manual_seed(4)
+    b = model.predict(state, times).mean()
+    torch.testing.assert_close(a[:, :1], b[:, :1], rtol=0, atol=0)
+    assert (a[:, 1:] - b[:, 1:]).abs().max() > 1e-6
+
+
+def test_a_latent_forecaster_takes_inputs_and_planned_doses(pk):
+    est = Forecaster(model={"name": "latent_ode", "latent_dim": 2, "hidden_size": 4}, **TINY)
+    est.fit(pk.df, value_cols=["conc"], exog_cols=["dose"], static_df=pk.static_df, **NAMES)
+    assert est.model_.n_inputs == 1 and est.model_.static_dim == est.static_encoder_.n_features
+    out = est.predict(_context(pk), horizon=[2.0, 8.0], static_df=pk.static_df, future_df=pk.future_df)
+    assert np.isfinite(out["conc"]).all()

@@ -8,7 +8,7 @@ import pytest
 
 from ctflow import Forecaster
 from ctflow.data.covariates import StaticEncoder
-from ctflow.models.settings import GRUODEBayesSettings, LatentODESettings
+from ctflow.models.settings import GRUODEBayesSettings, LatentODESettings, LatentSDESettings
 
 
 def _static(n: int = 6) -> pd.DataFrame:
@@ -123,11 +123,18 @@ def test_static_covariates_forecast_what_the_series_cannot_show(tmp_path):
         with_static.predict(test_df, horizon=[1.0], static_df=test_static.iloc[1:])
 
 
-def test_models_without_static_inputs_refuse_them():
+@pytest.mark.parametrize(
+    "settings",
+    [LatentODESettings(hidden_size=4, latent_dim=2), LatentSDESettings(hidden_size=4, latent_dim=2)],
+)
+def test_latent_models_take_static_covariates(settings):
     df, static = _grouped_panel(12, seed=0)
-    model = Forecaster(model=LatentODESettings(hidden_size=4, latent_dim=2), **TINY)
-    with pytest.raises(ValueError, match="static covariates are taken by gru_ode_bayes; latent_ode does not"):
-        model.fit(df, static_df=static)
+    model = Forecaster(model=settings, **{**TINY, "max_steps": 5}).fit(df, static_df=static)
+    assert model.model_.static_dim == model.static_encoder_.n_features
+    out = model.predict(df, horizon=[1.0], static_df=static)
+    assert np.isfinite(out.drop(columns=["unique_id", "ds"]).to_numpy()).all()
+    with pytest.raises(ValueError, match="pass static_df"):
+        model.predict(df, horizon=[1.0])
 
 
 def test_the_command_line_takes_static_covariates(tmp_path):

@@ -35,19 +35,27 @@ class ODEFunc(nn.Module):
         return self.net(h)
 
 
+def _reversed_rows(batch: IrregularBatch) -> tuple[Tensor, Tensor]:
+    """Row index ``(B, N)`` of each series' rows in reverse order, and which are valid."""
+    n = batch.times.shape[1]
+    lengths = batch.lengths.to(batch.times.device)
+    k = torch.arange(n, device=batch.times.device)
+    return (lengths[:, None] - 1 - k[None, :]).clamp_min(0), k[None, :] < lengths[:, None]
+
+
+def _gather_reversed(x: Tensor, rev: Tensor, valid: Tensor) -> Tensor:
+    """``x (B, N, K)`` in the row order ``rev``, 0 on padding."""
+    return x.gather(1, rev.unsqueeze(-1).expand(-1, -1, x.shape[-1])) * valid.unsqueeze(-1).to(x.dtype)
+
+
 def reverse_series(batch: IrregularBatch) -> tuple[Tensor, Tensor, Tensor, Tensor]:
     """Each series' rows in reverse time order: ``times, values, mask (B, N[, D])`` and the
     backward gaps ``dt (B, N)`` (``dt[:, 0] = 0``; 0 on padding)."""
     n = batch.times.shape[1]
-    lengths = batch.lengths.to(batch.times.device)
-    k = torch.arange(n, device=batch.times.device)
-    valid = k[None, :] < lengths[:, None]
-    rev = (lengths[:, None] - 1 - k[None, :]).clamp_min(0)
+    rev, valid = _reversed_rows(batch)
     times = batch.times.gather(1, rev)
-    idx = rev.unsqueeze(-1).expand(-1, -1, batch.values.shape[-1])
-    vf = valid.unsqueeze(-1).to(batch.values.dtype)
-    values = batch.values.gather(1, idx) * vf
-    mask = batch.mask.gather(1, idx) * vf
+    values = _gather_reversed(batch.values, rev, valid)
+    mask = _gather_reversed(batch.mask, rev, valid)
     dt = torch.zeros_like(times)
     if n > 1:
         dt[:, 1:] = (times[:, :-1] - times[:, 1:]) * valid[:, 1:].to(times.dtype)
@@ -58,8 +66,9 @@ class ODERNNEncoder(nn.Module):
     """ODE-RNN run backwards over each series (all series in lockstep, as in GRU-ODE-Bayes).
 
     Between observations (going back in time) the state follows ``dh/dt = f(h)``; at each
-    observation a GRU cell reads ``[values * mask, mask]`` and updates the rows with something
-    observed. Returns the state at each series' first observation, ``(B, hidden_size)``.
+    observation a GRU cell reads ``[values * mask, mask]`` (with ``n_inputs``, also ``[inputs *
+    input_mask, input_mask]``) and updates the rows with something observed or given. Returns
+    the state at each series' first row, ``(B, hidden_size)``.
     """
 
     def __init__(
@@ -68,11 +77,12 @@ class ODERNNEncoder(nn.Module):
         hidden_size: int = 32,
         ode_hidden: int = 64,
         solver: SolverOptions | dict | None = None,
+        n_inputs: int = 0,
     ):
         super().__init__()
-        self.hidden_size = hidden_size
+        self.hidden_size, self.n_inputs = hidden_size, n_inputs
         self.field = ODEFunc(hidden_size, ode_hidden, n_layers=1)
-        self.cell = nn.GRUCell(2 * n_variables, hidden_size)
+        self.cell = nn.GRUCell(2 * (n_variables + n_inputs), hidden_size)
         if isinstance(solver, dict):
             solver = SolverOptions(**solver)
         self.solver = solver or SolverOptions(method="euler", step_size=0.25)
@@ -85,6 +95,12 @@ class ODERNNEncoder(nn.Module):
         ref = self.cell.weight_hh
         batch = batch.to(ref.device, ref.dtype)
         _, values, mask, dt = reverse_series(batch)
+        if self.n_inputs:
+            if batch.n_inputs != self.n_inputs:
+                raise ValueError(f"this encoder reads {self.n_inputs} inputs; the batch has {batch.n_inputs}")
+            rev, valid = _reversed_rows(batch)
+            values = torch.cat([values, _gather_reversed(batch.inputs, rev, valid)], dim=-1)
+            mask = torch.cat([mask, _gather_reversed(batch.input_mask, rev, valid)], dim=-1)
         h = ref.new_zeros(values.shape[0], self.hidden_size)
         plan = fixed_step_plan(dt, self.solver)
         states = []

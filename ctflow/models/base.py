@@ -11,13 +11,13 @@ densities at later times and :meth:`SequenceModel.sample_paths` joint draws over
 from __future__ import annotations
 
 import abc
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any, NamedTuple, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from ..checks import positive_int
+from ..checks import non_negative_int, positive_int
 from ..data.irregular import IrregularBatch
 from ..ode import NFECounter, SolverOptions, integrate_intervals
 
@@ -131,7 +131,39 @@ class SequenceModel(nn.Module, abc.ABC):
 
     def past_only_inputs(self) -> Tensor:
         """``(E,)`` 1 for each input that is not known in advance."""
-        return torch.zeros(self.n_inputs)
+        past_only = getattr(self, "past_only", None)
+        return torch.zeros(self.n_inputs) if past_only is None else past_only
+
+    def _register_inputs(self, n_inputs: int, future_inputs: Sequence[int] | None) -> None:
+        """Set ``n_inputs`` and the ``past_only`` mask from the indices of the known-future inputs
+        (None: all of them)."""
+        self.n_inputs = non_negative_int(n_inputs, "n_inputs")
+        known = range(self.n_inputs) if future_inputs is None else [int(i) for i in future_inputs]
+        if any(not 0 <= i < self.n_inputs for i in known):
+            raise ValueError(f"future_inputs must index the {self.n_inputs} inputs, got {list(known)}")
+        past_only = torch.ones(self.n_inputs)
+        past_only[list(known)] = 0.0
+        self.register_buffer("past_only", past_only, persistent=False)
+
+    def _batch_inputs(self, batch: IrregularBatch, like: Tensor) -> tuple[Tensor, Tensor] | None:
+        """The batch's inputs and their mask on ``like``'s dtype and device (None for a model without)."""
+        if not self.n_inputs:
+            if batch.inputs is not None:
+                raise ValueError(f"this model takes no inputs; the batch has {batch.input_names}")
+            return None
+        if batch.inputs is None or batch.n_inputs != self.n_inputs:
+            got = None if batch.inputs is None else batch.input_names
+            raise ValueError(f"this model needs a batch with {self.n_inputs} inputs, got {got}")
+        return batch.inputs.to(like), batch.input_mask.to(like)
+
+    def _batch_static(self, batch: IrregularBatch, like: Tensor, static_dim: int) -> Tensor | None:
+        """The batch's static covariates on ``like``'s dtype and device, checked against
+        ``static_dim`` (None for a model without)."""
+        if not static_dim:
+            return None
+        if batch.static is None or batch.static.shape[-1] != static_dim:
+            raise ValueError(f"this model needs static covariates with {static_dim} columns")
+        return batch.static.to(like)
 
     def _check_inputs(self, inputs: QueryInputs | None, times: Tensor) -> QueryInputs | None:
         """``inputs`` on ``times``' dtype and device, checked against the model's ``n_inputs``."""

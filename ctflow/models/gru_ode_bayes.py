@@ -217,15 +217,9 @@ class GRUODEBayes(SequenceModel):
         self.ode = GRUODECell(hidden_size, context_dim=static_dim)
         self.bayes = GRUBayes(n_variables, emission.n_statistics, prep_hidden, hidden_size)
         self.static_dim = static_dim
-        self.n_inputs = int(n_inputs)
+        self._register_inputs(n_inputs, future_inputs)
         if self.n_inputs:
             self.input_jump = InputJump(self.n_inputs, hidden_size)
-        known = range(self.n_inputs) if future_inputs is None else [int(i) for i in future_inputs]
-        if any(not 0 <= i < self.n_inputs for i in known):
-            raise ValueError(f"future_inputs must index the {self.n_inputs} inputs, got {list(known)}")
-        past_only = torch.ones(self.n_inputs)
-        past_only[list(known)] = 0.0
-        self.register_buffer("past_only", past_only, persistent=False)
         if static_dim:
             self.init_net = nn.Sequential(nn.Linear(static_dim, hidden_size), nn.Tanh())
         else:
@@ -244,14 +238,8 @@ class GRUODEBayes(SequenceModel):
     def initial_state(self, batch: IrregularBatch) -> FilterState:
         ref = self._reference()
         b = batch.times.shape[0]
-        static = None
-        if self.static_dim:
-            if batch.static is None or batch.static.shape[-1] != self.static_dim:
-                raise ValueError(f"this model needs static covariates with {self.static_dim} columns")
-            static = batch.static.to(ref)
-            h = self.init_net(static)
-        else:
-            h = self.h0.to(ref).expand(b, -1)
+        static = self._batch_static(batch, ref, self.static_dim)
+        h = self.h0.to(ref).expand(b, -1) if static is None else self.init_net(static)
         if self.start_time is None:
             t0 = batch.times[:, 0].to(ref) if batch.times.shape[1] else ref.new_zeros(b)
         else:
@@ -305,20 +293,6 @@ class GRUODEBayes(SequenceModel):
 
     def _advance(self, h: Tensor, dt: Tensor, n_steps: int | None, static: Tensor | None = None) -> Tensor:
         return self._integrate(self.ode.bind(static), h, dt, self.solver, n_steps, self.nfe)
-
-    def past_only_inputs(self) -> Tensor:
-        return self.past_only
-
-    def _batch_inputs(self, batch: IrregularBatch, like: Tensor) -> tuple[Tensor, Tensor] | None:
-        """The batch's inputs and their mask on ``like``'s dtype and device (None for a model without)."""
-        if not self.n_inputs:
-            if batch.inputs is not None:
-                raise ValueError(f"this model takes no inputs; the batch has {batch.input_names}")
-            return None
-        if batch.inputs is None or batch.n_inputs != self.n_inputs:
-            got = None if batch.inputs is None else batch.input_names
-            raise ValueError(f"this model needs a batch with {self.n_inputs} inputs, got {got}")
-        return batch.inputs.to(like), batch.input_mask.to(like)
 
     # ------------------------------------------------------------------ sequence-model API
 

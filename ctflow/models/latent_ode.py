@@ -19,13 +19,13 @@ integrated over its own intervals (:func:`ctflow.ode.integrate_intervals`).
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import torch
 from torch import Tensor, nn
 
-from ..checks import choice, positive_int
+from ..checks import choice, non_negative_int, positive_int
 from ..data.irregular import IrregularBatch
 from ..dynamics.odernn import ODEFunc, ODERNNEncoder
 from ..flows.numerics import shuffled_draws, solve_increasing
@@ -41,10 +41,28 @@ _LOG_2PI = math.log(2 * math.pi)
 
 @dataclass
 class ParticleState:
-    """Posterior particles ``z (S, B, L)`` of each series at its last observation ``time (B,)``."""
+    """Posterior particles ``z (S, B, L)`` of each series at its last observation ``time (B,)``,
+    and the series' static covariates ``(B, S_static)`` for models that take them."""
 
     z: Tensor
     time: Tensor
+    static: Tensor | None = None
+
+
+class LatentInputJump(nn.Module):
+    """The jump of a latent state at an exogenous input: ``z <- z + g([z, u * m, m])`` on the rows
+    where some input is given (mask ``m``). The last layer starts at 0 (no jump)."""
+
+    def __init__(self, n_inputs: int, latent_dim: int, hidden: int):
+        super().__init__()
+        last = nn.Linear(hidden, latent_dim)
+        nn.init.zeros_(last.weight)
+        nn.init.zeros_(last.bias)
+        self.net = nn.Sequential(nn.Linear(latent_dim + 2 * n_inputs, hidden), nn.Tanh(), last)
+
+    def forward(self, z: Tensor, u: Tensor, mask: Tensor) -> Tensor:
+        given = mask.amax(dim=-1, keepdim=True)
+        return z + given * self.net(torch.cat([z, u * mask, mask], dim=-1))
 
 
 class MixturePredictive:
@@ -134,6 +152,13 @@ class LatentODE(SequenceModel):
         solver: decoder integration (default Euler, largest step 0.25 time units).
         encoder_solver: encoder integration (default: as ``solver``).
         decoder: the decoder's vector field ``f(z)`` (default an MLP with tanh layers).
+        static_dim: size of static covariates ``s``: the recognition network's summary is
+            extended by them, the prior becomes ``N(mu(s), diag sigma(s)^2)`` (standard normal at
+            initialisation) and the emission sees ``[z, s]``.
+        n_inputs: number of exogenous inputs: the encoder reads them with the values, and the
+            latent state jumps at each input (:class:`LatentInputJump`) after the row's targets are
+            scored, in decoding and in forecasts given known-future inputs.
+        future_inputs: indices of the inputs known in advance (None: all).
 
     >>> import torch
     >>> from ctflow.data import from_dataframe, load_double_ou
@@ -165,6 +190,9 @@ class LatentODE(SequenceModel):
         solver: SolverOptions | dict | None = None,
         encoder_solver: SolverOptions | dict | None = None,
         decoder: nn.Module | None = None,
+        static_dim: int = 0,
+        n_inputs: int = 0,
+        future_inputs: Sequence[int] | None = None,
     ):
         super().__init__()
         for name, value in (
@@ -183,19 +211,62 @@ class LatentODE(SequenceModel):
         if isinstance(solver, dict):
             solver = SolverOptions(**solver)
         self.solver = solver or SolverOptions(method="euler", step_size=0.25)
-        self.encoder = ODERNNEncoder(n_variables, hidden_size, ode_hidden, encoder_solver or self.solver)
-        self.posterior = Posterior(latent_dim, hidden_size, posterior, posterior_layers, posterior_hidden)
+        self._register_inputs(n_inputs, future_inputs)
+        self.static_dim = non_negative_int(static_dim, "static_dim")
+        self.encoder = ODERNNEncoder(
+            n_variables, hidden_size, ode_hidden, encoder_solver or self.solver, n_inputs=self.n_inputs
+        )
+        summary = hidden_size + self.static_dim
+        self.posterior = Posterior(latent_dim, summary, posterior, posterior_layers, posterior_hidden)
         self.decoder = decoder if decoder is not None else ODEFunc(latent_dim, ode_hidden, n_layers=2)
         options = {"hidden": (p_hidden,), **(emission_options or {})}
-        self.emission = resolve_emission(emission, n_variables, latent_dim, options)
+        self.emission = resolve_emission(emission, n_variables, latent_dim + self.static_dim, options)
+        if self.static_dim:
+            self.prior_net = nn.Linear(self.static_dim, 2 * latent_dim)
+            nn.init.zeros_(self.prior_net.weight)
+            nn.init.zeros_(self.prior_net.bias)
+        if self.n_inputs:
+            self.input_jump = LatentInputJump(self.n_inputs, latent_dim, ode_hidden)
         self.nfe = NFECounter()
 
     # ------------------------------------------------------------------ building blocks
     def _advance(self, z: Tensor, dt: Tensor, n_steps: int | None) -> Tensor:
         return self._integrate(self.decoder, z, dt, self.solver, n_steps, self.nfe)
 
-    def prior_log_prob(self, z: Tensor) -> Tensor:
-        return -0.5 * (z.square() + _LOG_2PI).sum(-1)
+    def prior_log_prob(self, z: Tensor, static: Tensor | None = None) -> Tensor:
+        """``log p(z0)`` of draws ``z (..., B, L)``; given each series' static covariates
+        ``(B, S)``, under the conditional prior."""
+        if static is None or not self.static_dim:
+            return -0.5 * (z.square() + _LOG_2PI).sum(-1)
+        mean, log_scale = self.prior_net(static).chunk(2, dim=-1)
+        eps = (z - mean) * torch.exp(-log_scale)
+        return -0.5 * (eps.square() + _LOG_2PI).sum(-1) - log_scale.sum(-1)
+
+    def _summary(
+        self, batch: IrregularBatch, states: bool = False
+    ) -> tuple[Tensor, Tensor | None, Tensor | None]:
+        """The posterior's context (the encoder's summary and the static covariates), the static
+        covariates and, with ``states``, the encoder's state after each row."""
+        out = self.encoder(batch, return_states=True) if states else (self.encoder(batch), None)
+        summary, per_row = out
+        static = self._batch_static(batch, summary, self.static_dim)
+        if static is not None:
+            summary = torch.cat([summary, static], dim=-1)
+        return summary, static, per_row
+
+    def _context(self, z: Tensor, static: Tensor | None) -> Tensor:
+        """The emission's context: latent states ``z (S, B, ..., L)`` with the series' static
+        covariates ``(B, S_static)`` appended."""
+        if static is None:
+            return z
+        shape = (1, static.shape[0], *([1] * (z.dim() - 3)), static.shape[-1])
+        return torch.cat([z, static.view(shape).expand(*z.shape[:-1], static.shape[-1])], dim=-1)
+
+    def _jump(self, z: Tensor, inputs: tuple[Tensor, Tensor] | None, k: int, s: int) -> Tensor:
+        """Rows ``z (S * B, L)`` after the inputs of row ``k`` (of each of the ``S`` copies)."""
+        if inputs is None:
+            return z
+        return self.input_jump(z, inputs[0][:, k].repeat(s, 1), inputs[1][:, k].repeat(s, 1))
 
     def _observation_steps(
         self, batch: IrregularBatch, ref: Tensor
@@ -208,8 +279,8 @@ class LatentODE(SequenceModel):
         return values, mask, dts, fixed_step_plan(dts, self.solver)
 
     def _add_log_lik(self, log_lik: Tensor, y: Tensor, mask: Tensor, z: Tensor) -> Tensor:
-        """``log_lik`` plus the emission's log-density of ``y`` given ``z`` (less its auxiliary
-        training term in training)."""
+        """``log_lik`` plus the emission's log-density of ``y`` given the context ``z`` (less its
+        auxiliary training term in training)."""
         log_lik = log_lik + self.emission.log_prob(y, mask, z)
         if self.training:
             log_lik = log_lik - self.emission.auxiliary_nll(y, mask, z)
@@ -221,20 +292,25 @@ class LatentODE(SequenceModel):
         s, b, L = z0.shape
         ref = z0
         values, mask, dts, plan = self._observation_steps(batch, ref)
+        static = self._batch_static(batch, ref, self.static_dim)
+        static_rows = None if static is None else static.repeat(s, 1)
+        inputs = self._batch_inputs(batch, ref)
         z = z0.reshape(s * b, L)
         log_lik = ref.new_zeros(s * b)
         for k, n_steps in enumerate(plan):
             z = self._advance(z, dts[:, k].repeat(s), n_steps)
-            log_lik = self._add_log_lik(log_lik, values[:, k].repeat(s, 1), mask[:, k].repeat(s, 1), z)
+            context = z if static_rows is None else torch.cat([z, static_rows], dim=-1)
+            log_lik = self._add_log_lik(log_lik, values[:, k].repeat(s, 1), mask[:, k].repeat(s, 1), context)
+            z = self._jump(z, inputs, k, s)
         return log_lik.view(s, b), z.view(s, b, L)
 
     def log_weights(self, batch: IrregularBatch, n: int) -> tuple[Tensor, Tensor, Tensor]:
         """Importance log-weights ``log p(x, z) - log q(z | x)`` ``(n, B)`` of ``n`` posterior
         draws per series, the draws' latent states at the last observation, and ``log q``."""
-        context = self.encoder(batch)
-        z0, log_q = self.posterior.rsample_and_log_prob(context, n)
+        summary, static, _ = self._summary(batch)
+        z0, log_q = self.posterior.rsample_and_log_prob(summary, n)
         log_lik, z_last = self.decode(z0, batch)
-        return log_lik + self.prior_log_prob(z0) - log_q, z_last, log_q
+        return log_lik + self.prior_log_prob(z0, static) - log_q, z_last, log_q
 
     # ------------------------------------------------------------------ objectives
     def elbo(self, batch: IrregularBatch, n: int = 1) -> Tensor:
@@ -273,10 +349,14 @@ class LatentODE(SequenceModel):
         pick = torch.multinomial(probs, self.n_particles, replacement=True).T  # (S, B)
         z = z_last.gather(0, pick.unsqueeze(-1).expand(-1, -1, self.latent_dim))
         times = batch.times.to(z_last)
-        return ParticleState(z, self._last_times(times, batch.lengths, times.new_zeros(len(batch))))
+        static = self._batch_static(batch, z_last, self.static_dim)
+        return ParticleState(z, self._last_times(times, batch.lengths, times.new_zeros(len(batch))), static)
 
-    def _trajectories(self, z: Tensor, t0: Tensor, times: Tensor) -> Tensor:
-        """Latent states ``(S, B, Q, L)`` at ``times (B, Q)`` from ``z (S, B, L)`` at ``t0 (B,)``."""
+    def _trajectories(
+        self, z: Tensor, t0: Tensor, times: Tensor, inputs: QueryInputs | None = None
+    ) -> Tensor:
+        """Latent states ``(S, B, Q, L)`` at ``times (B, Q)`` from ``z (S, B, L)`` at ``t0 (B,)``;
+        known-future ``inputs`` act after each query."""
         s, b, L = z.shape
         dts = self._intervals(t0, times)
         plan = fixed_step_plan(dts, self.solver)
@@ -284,6 +364,7 @@ class LatentODE(SequenceModel):
         for k, n_steps in enumerate(plan):
             flat = self._advance(flat, dts[:, k].repeat(s), n_steps)
             out.append(flat.view(s, b, L))
+            flat = self._jump(flat, inputs, k, s)
         if not out:
             return z.new_zeros(s, b, 0, L)
         return torch.stack(out, dim=2)
@@ -293,22 +374,23 @@ class LatentODE(SequenceModel):
     ) -> MixturePredictive:
         """Predictive mixtures at ``times (B, Q)`` (no further observations assumed)."""
         times = self._check_query_times(times, state.z.shape[1], state.z)
-        self._check_inputs(inputs, times)
-        return MixturePredictive(self.emission, self._trajectories(state.z, state.time, times))
+        inputs = self._check_inputs(inputs, times)
+        h = self._trajectories(state.z, state.time, times, inputs)
+        return MixturePredictive(self.emission, self._context(h, state.static))
 
     def sample_paths(
         self, state: ParticleState, times: Tensor, n: int, inputs: QueryInputs | None = None
     ) -> Tensor:
         """Joint samples ``(n, B, Q, D)``: a particle per path, its trajectory, emission draws."""
         times = self._check_query_times(times, state.z.shape[1], state.z)
-        self._check_inputs(inputs, times)
+        inputs = self._check_inputs(inputs, times)
         self._check_n_paths(n)
         s, b, L = state.z.shape
         pick = torch.randint(s, (n, b), device=state.z.device)
         z = state.z.gather(0, pick.unsqueeze(-1).expand(-1, -1, L))
-        h = self._trajectories(z, state.time, times)  # (n, B, Q, L)
+        h = self._context(self._trajectories(z, state.time, times, inputs), state.static)  # (n, B, Q, C)
         q = h.shape[2]
-        return self.emission.sample(h.reshape(-1, L), 1)[0].view(n, b, q, -1)
+        return self.emission.sample(h.reshape(-1, h.shape[-1]), 1)[0].view(n, b, q, -1)
 
     def extra_repr(self) -> str:
         return f"objective={self.objective}, n_samples={self.n_samples}, solver={self.solver.method}"

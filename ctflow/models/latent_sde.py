@@ -28,6 +28,7 @@ from ..data.irregular import IrregularBatch
 from ..dynamics.sde import LatentSDEDynamics
 from ..ode import fixed_step_plan
 from ..sde import SDE_METHODS, integrate_sde_intervals
+from .base import QueryInputs
 from .latent_ode import LatentODE
 
 __all__ = ["LatentSDE"]
@@ -106,24 +107,30 @@ class LatentSDE(LatentODE):
         s, b, L = z0.shape
         ref = z0
         values, mask, dts, plan = self._observation_steps(batch, ref)
+        static = self._batch_static(batch, ref, self.static_dim)
+        static_rows = None if static is None else static.repeat(s, 1)
+        inputs = self._batch_inputs(batch, ref)
         y = torch.cat([z0.reshape(s * b, L), ref.new_zeros(s * b, 2)], dim=-1)
         log_lik = ref.new_zeros(s * b)
         for k, n_steps in enumerate(plan):
             if n_steps:
                 y = self._posterior_step(y, states[:, k].repeat(s, 1), dts[:, k].repeat(s), n_steps)
             z = y[:, :L]
-            log_lik = self._add_log_lik(log_lik, values[:, k].repeat(s, 1), mask[:, k].repeat(s, 1), z)
+            context = z if static_rows is None else torch.cat([z, static_rows], dim=-1)
+            log_lik = self._add_log_lik(log_lik, values[:, k].repeat(s, 1), mask[:, k].repeat(s, 1), context)
+            if inputs is not None:
+                y = torch.cat([self._jump(z, inputs, k, s), y[:, L:]], dim=-1)
         z_last = y[:, :L].view(s, b, L)
         return log_lik.view(s, b), y[:, L].view(s, b), y[:, L + 1].view(s, b), z_last
 
     def _log_weights(self, batch: IrregularBatch, n: int, exact: bool) -> tuple[Tensor, Tensor, Tensor]:
         if self.dynamics.deterministic:
             return super().log_weights(batch, n)
-        context, states = self.encoder(batch, return_states=True)
-        z0, log_q = self.posterior.rsample_and_log_prob(context, n)
+        summary, static, states = self._summary(batch, states=True)
+        z0, log_q = self.posterior.rsample_and_log_prob(summary, n)
         log_lik, kl, log_ratio, z_last = self.decode_posterior(z0, batch, states)
         path = log_ratio if exact else -kl
-        return log_lik + self.prior_log_prob(z0) - log_q + path, z_last, log_q
+        return log_lik + self.prior_log_prob(z0, static) - log_q + path, z_last, log_q
 
     def log_weights(self, batch: IrregularBatch, n: int) -> tuple[Tensor, Tensor, Tensor]:
         """Importance log-weights with the exact path log-ratio (unbiased for ``p(x)``)."""
@@ -134,10 +141,13 @@ class LatentSDE(LatentODE):
         return self._log_weights(batch, n, exact=False)[0].mean(0)
 
     # ------------------------------------------------------------------ prior paths (forecasting)
-    def _trajectories(self, z: Tensor, t0: Tensor, times: Tensor) -> Tensor:
-        """One prior-SDE path per particle: latent states ``(S, B, Q, L)`` at ``times (B, Q)``."""
+    def _trajectories(
+        self, z: Tensor, t0: Tensor, times: Tensor, inputs: QueryInputs | None = None
+    ) -> Tensor:
+        """One prior-SDE path per particle: latent states ``(S, B, Q, L)`` at ``times (B, Q)``;
+        known-future ``inputs`` act after each query."""
         if self.dynamics.deterministic:
-            return super()._trajectories(z, t0, times)
+            return super()._trajectories(z, t0, times, inputs)
         s, b, L = z.shape
         dts = self._intervals(t0, times)
         plan = fixed_step_plan(dts, self.solver)
@@ -155,6 +165,7 @@ class LatentSDE(LatentODE):
                     counter=self.nfe,
                 )
             out.append(flat.view(s, b, L))
+            flat = self._jump(flat, inputs, k, s)
         if not out:
             return z.new_zeros(s, b, 0, L)
         return torch.stack(out, dim=2)
