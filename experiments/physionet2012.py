@@ -31,9 +31,9 @@ The protocol of GRU-ODE-Bayes (De Brouwer et al. 2019), LinODEnet (Scholz et al.
    context never observed).
 
 7. With ``--static``, the admission descriptors (age, gender, height, ICU type, weight) go to the
-   Forecaster as ``static_df`` (:func:`static_covariates`: a missing height or weight is set to
-   the training stays' median beside a missing-indicator; gender and ICU type are categories, a
-   missing gender its own), in fitting and in every score.
+   Forecaster as ``static_df`` (:func:`static_covariates`: a missing number is set to the
+   training stays' median beside a 0/1 missing-indicator; ICU type is a category), in fitting
+   and in every score.
 
 Published test MSEs on this protocol are listed for reference. Results go to
 ``experiments/results/physionet2012[_TAG].md`` and ``.json``.
@@ -183,17 +183,17 @@ def marginal_nll(est: Forecaster, context: pd.DataFrame, targets: pd.DataFrame, 
 
 
 def static_covariates(static: pd.DataFrame, train_ids: Sequence[Any]) -> pd.DataFrame:
-    """The admission descriptors as a complete ``static_df``: height and weight (and age) filled
-    with the training stays' median where missing, each with a missing-indicator; gender and ICU
-    type as categories (a missing gender is the category ``"missing"``)."""
+    """The admission descriptors as a complete ``static_df``: age, gender (0/1), height and weight
+    filled with the training stays' median where missing, each beside a 0/1 missing-indicator
+    (numbers, so that a pattern unseen in training is still encoded); ICU type as a category."""
     out = pd.DataFrame({"unique_id": static["unique_id"]})
     train = static["unique_id"].isin(train_ids)
-    for col in ("Age", "Height", "Weight"):
+    for col in ("Age", "Gender", "Height", "Weight"):
         values = static[col].astype("float64")
         out[col] = values.fillna(values[train].median())
-        out[f"{col}_missing"] = values.isna().map({True: "yes", False: "no"})
-    out["Gender"] = static["Gender"].map({0.0: "female", 1.0: "male"}).fillna("missing")
-    out["ICUType"] = static["ICUType"].astype("Int64").astype(str)
+        out[f"{col}_missing"] = values.isna().astype("float64")
+    icu = static["ICUType"].fillna(static.loc[train, "ICUType"].mode().iloc[0])
+    out["ICUType"] = icu.astype("int64").astype(str)
     return out
 
 

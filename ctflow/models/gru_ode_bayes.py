@@ -13,6 +13,7 @@ timestamps of the batch (about 200), and no value is read back from the device i
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -37,7 +38,8 @@ class FilterState:
     time it was observed ``last_time (B, D)`` and whether it has been ``seen (B, D)``; with
     ``trend`` models, running sums ``sums (B, D, 5)`` of ``[1, t, y, t^2, t y]`` over each
     variable's observations (its count, mean and least-squares line). With static covariates,
-    ``static (B, S)``, which the emission also sees.
+    ``static (B, S)``, which the emission also sees. With inputs, each input's last given value
+    ``u_last (B, E)``, the time it was given ``u_time`` and whether it has been ``u_seen``.
     """
 
     h: Tensor
@@ -47,9 +49,23 @@ class FilterState:
     seen: Tensor | None = None
     sums: Tensor | None = None
     static: Tensor | None = None
+    u_last: Tensor | None = None
+    u_time: Tensor | None = None
+    u_seen: Tensor | None = None
 
     def _fields(self) -> tuple[Tensor | None, ...]:
-        return (self.h, self.time, self.last, self.last_time, self.seen, self.sums, self.static)
+        return (
+            self.h,
+            self.time,
+            self.last,
+            self.last_time,
+            self.seen,
+            self.sums,
+            self.static,
+            self.u_last,
+            self.u_time,
+            self.u_seen,
+        )
 
     def repeat(self, n: int) -> FilterState:
         """``n`` copies of every series, copy-major: row ``i * B + b`` is copy ``i`` of series ``b``."""
@@ -69,14 +85,24 @@ class FilterState:
             tt = t.unsqueeze(-1).to(y).expand_as(y)
             terms = torch.stack([torch.ones_like(y), tt, y, tt * tt, tt * y], dim=-1)
             sums = self.sums + terms * hit.unsqueeze(-1).to(y)
-        return FilterState(
-            self.h,
-            self.time,
-            torch.where(hit, y, self.last),
-            torch.where(hit, t.unsqueeze(-1).to(self.last), self.last_time),
-            torch.where(hit, torch.ones_like(self.seen), self.seen),
-            sums,
-            self.static,
+        return dataclasses.replace(
+            self,
+            last=torch.where(hit, y, self.last),
+            last_time=torch.where(hit, t.unsqueeze(-1).to(self.last), self.last_time),
+            seen=torch.where(hit, torch.ones_like(self.seen), self.seen),
+            sums=sums,
+        )
+
+    def observe_inputs(self, u: Tensor, mask: Tensor, t: Tensor) -> FilterState:
+        """The last given inputs after the inputs ``u`` given where ``mask`` at times ``t (B,)``."""
+        if self.u_last is None:
+            return self
+        hit = mask > 0
+        return dataclasses.replace(
+            self,
+            u_last=torch.where(hit, u, self.u_last),
+            u_time=torch.where(hit, t.unsqueeze(-1).to(u), self.u_time),
+            u_seen=torch.where(hit, torch.ones_like(self.u_seen), self.u_seen),
         )
 
 
@@ -206,7 +232,7 @@ class GRUODEBayes(SequenceModel):
             raise ValueError("trend=True needs carry_forward=True")
         self.trend = bool(trend)
         n_blocks = (3 if self.carry_forward else 0) + (3 if self.trend else 0)
-        context_dim = hidden_size + static_dim + n_blocks * n_variables
+        context_dim = hidden_size + static_dim + 3 * n_inputs + n_blocks * n_variables
         options = {"hidden": (p_hidden,), **(emission_options or {})}
         if options.get("linear_skip") == "features":  # the carried features, not the state
             options["linear_skip"] = n_blocks * n_variables or True
@@ -244,21 +270,33 @@ class GRUODEBayes(SequenceModel):
             t0 = batch.times[:, 0].to(ref) if batch.times.shape[1] else ref.new_zeros(b)
         else:
             t0 = torch.full((b,), float(self.start_time), dtype=ref.dtype, device=ref.device)
+        u = ref.new_zeros(b, self.n_inputs) if self.n_inputs else None
+        inputs = {"u_last": u, "u_time": u, "u_seen": u}
         if not self.carry_forward:
-            return FilterState(h, t0, static=static)
+            return FilterState(h, t0, static=static, **inputs)
         zeros = ref.new_zeros(b, self.n_variables)
         sums = ref.new_zeros(b, self.n_variables, 5) if self.trend else None
-        return FilterState(h, t0, zeros, zeros, zeros, sums, static)
+        return FilterState(h, t0, zeros, zeros, zeros, sums, static, **inputs)
 
     def context(self, h: Tensor, state: FilterState, t: Tensor) -> Tensor:
         """The emission's context at times ``t``: ``h (..., H)``, the series' static covariates if
-        any, plus with ``carry_forward`` the carried values of ``state`` (rows of ``h``'s leading
-        dimension) and the time since them."""
+        any, each input's last given value, whether given and the log of one plus the time since
+        (with inputs), plus with ``carry_forward`` the carried values of ``state`` (rows of
+        ``h``'s leading dimension) and the time since them."""
         extra = h.dim() - 2
         blocks = [h]
         if state.static is not None:
             s = state.static
             blocks.append(s.view(s.shape[0], *([1] * extra), -1).expand(*h.shape[:-1], s.shape[-1]))
+        if state.u_last is not None:
+            shape_u = (*h.shape[:-1], self.n_inputs)
+
+            def spread_u(x: Tensor) -> Tensor:
+                return x.view(x.shape[0], *([1] * extra), -1).expand(shape_u)
+
+            given = spread_u(state.u_seen)
+            since = (t.unsqueeze(-1) - spread_u(state.u_time)).clamp_min(0)
+            blocks += [spread_u(state.u_last) * given, given, torch.log1p(since) * given]
         if not self.carry_forward:
             return torch.cat(blocks, dim=-1) if len(blocks) > 1 else h
         shape = (*h.shape[:-1], self.n_variables)
@@ -333,6 +371,7 @@ class GRUODEBayes(SequenceModel):
                 if cut is not None:  # past-only inputs after the cut are unknown, as in forecasts
                     u_mask = u_mask * (1 - (k >= cut).to(h.dtype).unsqueeze(-1) * self.past_only.to(h))
                 h = self.input_jump(h, inputs[0][:, k], u_mask)
+                state = state.observe_inputs(inputs[0][:, k], u_mask, times[:, k])
         final = FilterState(h, self._last_times(times, batch.lengths, state.time), *state._fields()[2:])
         return final, nll_pre, nll_post
 
@@ -369,11 +408,18 @@ class GRUODEBayes(SequenceModel):
         dts = self._intervals(state.time, times)
         plan = self._plan(dts)
         h, hs = state.h, []
+        if inputs is not None:  # the inputs change the state and the carried inputs along the way
+            contexts = []
+            for k, n_steps in enumerate(plan):
+                h = self._advance(h, dts[:, k], n_steps, state.static)
+                contexts.append(self.context(h, state, times[:, k]))
+                h = self.input_jump(h, inputs.values[:, k], inputs.mask[:, k])
+                state = state.observe_inputs(inputs.values[:, k], inputs.mask[:, k], times[:, k])
+            if contexts:
+                return PredictiveDistribution(self.emission, torch.stack(contexts, dim=1))
         for k, n_steps in enumerate(plan):
             h = self._advance(h, dts[:, k], n_steps, state.static)
             hs.append(h)
-            if inputs is not None:
-                h = self.input_jump(h, inputs.values[:, k], inputs.mask[:, k])
         h_all = torch.stack(hs, dim=1) if hs else state.h.new_zeros(state.h.shape[0], 0, self.hidden_size)
         return PredictiveDistribution(self.emission, self.context(h_all, state, times))
 
@@ -408,6 +454,7 @@ class GRUODEBayes(SequenceModel):
             rep = rep.observe(y, m, times[:, k])
             if inputs is not None:
                 h = self.input_jump(h, inputs.values[:, k], inputs.mask[:, k])
+                rep = rep.observe_inputs(inputs.values[:, k], inputs.mask[:, k], times[:, k])
         paths = torch.stack(out, dim=1) if out else h.new_zeros(h.shape[0], 0, self.n_variables)
         return paths.view(n, b, -1, self.n_variables)
 
