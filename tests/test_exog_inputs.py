@@ -83,7 +83,9 @@ def test_bad_input_tensors_are_named():
 
 # ---------------------------------------------------------------------------------- the model
 def _batch(pk):
-    return from_dataframe(pk.df, "id", "ds", ["conc"], input_cols=["dose"]).to(dtype=torch.float64)
+    """Five subjects, times in units of 12 hours (the dosing interval): short solves in the tests."""
+    df = pk.df[pk.df["id"].isin(pk.static_df["id"].iloc[:5])].assign(ds=lambda f: f["ds"] / 12.0)
+    return from_dataframe(df, "id", "ds", ["conc"], input_cols=["dose"]).to(dtype=torch.float64)
 
 
 def _model(**kwargs) -> GRUODEBayes:
@@ -103,7 +105,7 @@ def test_inputs_are_never_scored(pk):
     batch = _batch(pk)
     model = _model()
     nll, count = model.nll_terms(batch)
-    assert int(count) == pk.df["conc"].notna().sum()
+    assert int(count) == int(batch.mask.sum()) == int((batch.mask.sum(-1) > 0).sum())
     # The same batch with every input withheld: the dose rows are still rows but give nothing.
     silent = batch._replace(input_mask=torch.zeros_like(batch.input_mask))
     nll_silent, _ = model.nll_terms(silent)
@@ -356,7 +358,7 @@ def _latent(kind: str, **kwargs):
 
     torch.manual_seed(0)
     cls = LatentODE if kind == "ode" else LatentSDE
-    solver = {"method": "rk4", "step_size": 0.02} if kind == "ode" else {"method": "euler", "step_size": 0.25}
+    solver = {"method": "rk4", "step_size": 0.05} if kind == "ode" else {"method": "euler", "step_size": 0.1}
     model = cls(
         1, latent_dim=3, hidden_size=6, ode_hidden=8, p_hidden=8, n_particles=8, solver=solver, **kwargs
     )
@@ -405,3 +407,17 @@ def test_a_latent_forecaster_takes_inputs_and_planned_doses(pk):
     assert est.model_.n_inputs == 1 and est.model_.static_dim == est.static_encoder_.n_features
     out = est.predict(_context(pk), horizon=[2.0, 8.0], static_df=pk.static_df, future_df=pk.future_df)
     assert np.isfinite(out["conc"]).all()
+
+
+def test_a_bad_input_column_on_the_command_line_writes_nothing(pk, tmp_path, capsys):
+    data = tmp_path / "pk.csv"
+    pk.df.assign(route="oral").to_csv(data, index=False)
+    model = tmp_path / "model"
+    args = ["fit", str(data), "--out", str(model), "--id-col", "id", "--time-col", "ds", "--max-steps", "2"]
+    assert cli_main([*args, "--value-cols", "conc", "--exog-cols", "route"]) == 2
+    assert "input column 'route' must be numeric" in capsys.readouterr().err
+    assert cli_main([*args, "--value-cols", "conc", "--exog-cols", "rate"]) == 2
+    assert "no input column 'rate'" in capsys.readouterr().err
+    assert cli_main([*args, "--value-cols", "conc", "dose", "--exog-cols", "dose"]) == 2
+    assert "named both as targets" in capsys.readouterr().err
+    assert not model.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["pk.csv"]
