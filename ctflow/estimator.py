@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import logging
 import math
 import numbers
 import os
@@ -34,6 +35,7 @@ from .data.prepare import (
     prepare_series,
     query_grid,
 )
+from .data.support import Support
 from .data.timecodec import TimeCodec
 from .distributed import resolve_device
 from .forecast import (
@@ -53,6 +55,8 @@ from .training import evaluate_forecast_nll, evaluate_sequence_nll, fit_model
 from .validation import validation_report
 
 __all__ = ["Forecaster"]
+
+LOG = logging.getLogger("ctflow")
 
 FORMAT = "ctflow.Forecaster"
 _UNBOUNDED = 10**9  # epochs when only max_steps bounds training
@@ -141,6 +145,14 @@ class Forecaster(BaseEstimator):
         random_state: seed of initialisation, splitting, batching and sampling (CPU runs repeat).
         device: ``"auto"`` (CUDA when available), ``"cpu"``, ``"cuda"``.
         verbose: show a progress bar with the running loss while fitting.
+        support: where each variable lives: ``"real"`` (None, the default), ``"positive"``
+            (concentrations, weights, counts), a ``(low, high)`` range (proportions), one for
+            every variable or a dict from value columns to these (the others real). A bounded
+            variable is modelled through a fixed bijection (log, scaled logit), so its samples,
+            quantiles and intervals stay inside the support and its densities, NLL and scores
+            are exact in the data's units (change of variables); its predictive mean is estimated
+            from ``n_samples`` draws. ``fit`` logs a warning (logger ``"ctflow"``) about real
+            variables with no negative value.
         n_threads: torch's intra-op threads while fitting (restored afterwards); None leaves
             torch's setting. One by default: these models run many small tensor operations, for
             which more threads cost more in synchronisation than they save (a Sitka fit took
@@ -175,6 +187,7 @@ class Forecaster(BaseEstimator):
         device: str = "auto",
         verbose: bool = False,
         n_threads: int | None = 1,
+        support: Any = None,
     ):
         self.model = model
         self.n_members = n_members
@@ -195,6 +208,7 @@ class Forecaster(BaseEstimator):
         self.device = device
         self.verbose = verbose
         self.n_threads = n_threads
+        self.support = support
 
     # ------------------------------------------------------------------ configuration
     def _settings(self) -> ModelSettings:
@@ -317,6 +331,17 @@ class Forecaster(BaseEstimator):
         if value_cols is None and exog:
             value_cols = [c for c in df.columns if c not in (id_col, time_col, *exog)]
         values = check_frame(df, id_col, time_col, value_cols)
+        support = Support.fit(self.support, values)
+        observed = df[values].to_numpy(dtype=np.float64, na_value=np.nan)
+        unbounded = support.unbounded_nonnegative(observed, values)
+        if unbounded:
+            LOG.warning(
+                "value column(s) %s hold no negative value; declare support={%r: 'positive'} (or a "
+                "(low, high) range) to keep their forecasts in range",
+                unbounded,
+                unbounded[0],
+            )
+        df = support.transform_frame(df, values)
         codec = TimeCodec.fit(df[time_col], df[id_col], time_unit, time_col)
         series = prepare_series(df, id_col, time_col, values, codec, input_cols=exog)
         encoder = None
@@ -364,6 +389,7 @@ class Forecaster(BaseEstimator):
         self.model_kwargs_ = kwargs
         self.static_encoder_ = encoder
         self.exog_cols_, self.future_exog_cols_ = exog, future_exog
+        self.support_ = support
         self.n_models_ = len(_members(model))
         self.codec_ = codec
         self.scaling_ = scaling
@@ -469,6 +495,7 @@ class Forecaster(BaseEstimator):
     ) -> PreparedSeries:
         check_is_fitted(self)
         check_frame(df, self.id_col_, self.time_col_, [*self.value_cols_, *self.exog_cols_], name=name)
+        df = self.support_.transform_frame(df, self.value_cols_, name)
         series = prepare_series(
             df,
             self.id_col_,
@@ -582,7 +609,7 @@ class Forecaster(BaseEstimator):
     ) -> tuple[np.ndarray, np.ndarray | None]:
         """Samples ``(n, Q, D)`` (none for ``n = 0``) and means ``(Q, D)`` in original units, series
         chunk by chunk; marginal draws and means come from one predictive per chunk."""
-        model, scaling = self.model_, self.scaling_
+        model = self.model_
         out = np.empty((n_samples, grid.n_queries, self.n_variables_))
         means = np.empty((grid.n_queries, self.n_variables_)) if want_mean else None
         with torch.no_grad():
@@ -595,14 +622,26 @@ class Forecaster(BaseEstimator):
                     else:
                         predictive = model.predict(state, qt, inputs)
                         draws = predictive.sample(n_samples)
-                    d = draws[:, local, grid.slot[sel]].double().cpu().numpy()
-                    out[:, sel] = scaling.values_from_model(d)
+                    out[:, sel] = self._to_data(draws[:, local, grid.slot[sel]])
                 if means is not None:
                     predictive = predictive or model.predict(state, qt, inputs)
-                    m = predictive.mean()[local, grid.slot[sel]].double().cpu().numpy()
-                    means[sel] = scaling.values_from_model(m)
+                    means[sel] = self._data_means(predictive, local, grid.slot[sel])
         self._check_finite(context, grid, out, means)
         return out, means
+
+    def _to_data(self, x: torch.Tensor) -> np.ndarray:
+        """Model units to the data's: undo the scaling, then the support's bijection."""
+        return self.support_.inverse(self.scaling_.values_from_model(x.double().cpu().numpy()))
+
+    def _data_means(self, predictive: Any, local: np.ndarray, slots: np.ndarray) -> np.ndarray:
+        """Predictive means ``(Q, D)`` in the data's units: exact for real variables, the mean of
+        ``n_samples`` draws for bounded ones (the bijection does not commute with the mean)."""
+        means = self.scaling_.values_from_model(predictive.mean()[local, slots].double().cpu().numpy())
+        if self.support_.bounded:
+            bounded = np.array([k != "real" for k in self.support_.kinds])
+            draws = self._to_data(predictive.sample(self._n(None))[:, local, slots])
+            means[:, bounded] = draws.mean(0)[:, bounded]
+        return means
 
     def _marginal_quantiles(
         self,
@@ -622,20 +661,29 @@ class Forecaster(BaseEstimator):
         context = self._context(df, static_df=static_df)
         grid = self._queries(context, times, horizon, future_df)
         n = self._n(n_samples)
-        model, scaling = self.model_, self.scaling_
+        model = self.model_
         out = np.empty((len(levels), grid.n_queries, self.n_variables_))
         means = np.empty((grid.n_queries, self.n_variables_)) if want_mean else None
         with torch.no_grad(), rng_scope(self._seed(None), self.device_):
             for state, qt, inputs, local, sel in self._chunks(context, grid, 8 * self.n_variables_):
                 predictive = model.predict(state, qt, inputs)
                 for i, level in enumerate(levels):
-                    q = predictive.quantile(level, n)[local, grid.slot[sel]].double().cpu().numpy()
-                    out[i, sel] = scaling.values_from_model(q)
+                    # the bijection is increasing: quantiles map through it exactly
+                    out[i, sel] = self._to_data(predictive.quantile(level, n)[local, grid.slot[sel]])
                 if means is not None:
-                    m = predictive.mean()[local, grid.slot[sel]].double().cpu().numpy()
-                    means[sel] = scaling.values_from_model(m)
+                    means[sel] = self._data_means(predictive, local, grid.slot[sel])
         self._check_finite(context, grid, out, means)
         return self._query_frame(context, grid), out, means
+
+    def _data_history(self, history: pd.DataFrame) -> pd.DataFrame:
+        """The context's observations in the data's units (the support's bijection undone)."""
+        if not self.support_.bounded:
+            return history
+        out = history.copy()
+        values = self.support_.inverse(history[self.value_cols_].to_numpy(dtype=np.float64))
+        for d, col in enumerate(self.value_cols_):
+            out[col] = values[:, d]
+        return out
 
     def _n(self, n_samples: int | None) -> int:
         return positive_int(self.n_samples if n_samples is None else n_samples, "n_samples")
@@ -671,7 +719,7 @@ class Forecaster(BaseEstimator):
             self.value_cols_,
             samples,
             means,
-            history=context.history,
+            history=self._data_history(context.history),
             id_col=self.id_col_,
             time_col=self.time_col_,
             paths=bool(paths),
@@ -790,7 +838,12 @@ class Forecaster(BaseEstimator):
         except (TypeError, ValueError) as err:
             raise TypeError(f"targets: the value columns {self.value_cols_} must be numeric ({err})") from err
         observed = np.isfinite(y)
-        scaled = np.where(observed, self.scaling_.values_to_model(np.where(observed, y, 0.0)), 0.0)
+        support = self.support_
+        outside = observed & ~((y > support.lows) & (y < support.highs))  # density 0 there
+        safe = np.where(observed & ~outside, y, support.interior_point)
+        log_jacobian = np.where(observed, support.log_jacobian(safe), 0.0).sum(1)
+        z = support.forward(safe)
+        scaled = np.where(observed, self.scaling_.values_to_model(z), 0.0)
         out = np.empty(grid.n_queries)
         with torch.no_grad(), rng_scope(self._seed(None), self.device_):
             for state, qt, inputs, local, sel in self._chunks(context, grid, self.n_variables_):
@@ -803,8 +856,10 @@ class Forecaster(BaseEstimator):
                     torch.as_tensor(mask, dtype=qt.dtype, device=qt.device),
                 )
                 out[sel] = lp[local, grid.slot[sel]].double().cpu().numpy()
-        # Model units are (x - mean) / scale: a value's density in the data's units is 1/scale times it.
-        return out - observed @ np.log(self.scaling_.scale)
+        # Model units are (z - mean) / scale with z the support's bijection of the value: a value's
+        # density in the data's units is |dz/dy| / scale times it.
+        out = out - observed @ np.log(self.scaling_.scale) + log_jacobian
+        return np.where(outside.any(1), -np.inf, out)
 
     def score(self, df: pd.DataFrame, y: Any = None, static_df: pd.DataFrame | None = None) -> float:
         """Mean log-likelihood per observed value of one-step-ahead predictions, in the original
@@ -815,6 +870,10 @@ class Forecaster(BaseEstimator):
         nll = evaluate_sequence_nll(self.model_, batch)
         counts = batch.mask.double().sum((0, 1)).numpy()
         log_jacobian = float((counts * np.log(self.scaling_.scale)).sum() / counts.sum())
+        if self.support_.bounded:  # |dz/dy| of the support's bijection, per observed value
+            observed = context.raw.mask.numpy() > 0
+            y = self.support_.inverse(np.where(observed, context.raw.values.numpy(), 0.0))
+            log_jacobian -= float(np.where(observed, self.support_.log_jacobian(y), 0.0).sum() / counts.sum())
         score = -nll - log_jacobian
         if not math.isfinite(score):
             raise ValueError(
@@ -842,6 +901,7 @@ class Forecaster(BaseEstimator):
                 "model_kwargs": self.model_kwargs_,
                 "static_encoder": None if self.static_encoder_ is None else self.static_encoder_.to_dict(),
                 "exog_cols": list(self.exog_cols_),
+                "support": self.support_.to_dict(),
                 "future_exog_cols": list(self.future_exog_cols_),
                 "n_models": self.n_models_,
                 "id_col": self.id_col_,
@@ -932,6 +992,10 @@ class Forecaster(BaseEstimator):
                 raise ValueError("exog_cols and the input scaling disagree in length")
             if not set(future_exog) <= set(exog):
                 raise ValueError("future_exog_cols are not among exog_cols")
+            saved_support = fitted.get("support")
+            support = Support.fit(None, values) if saved_support is None else Support.from_dict(saved_support)
+            if len(support.kinds) != len(values):
+                raise ValueError("the support and value_cols disagree in length")
             model = est._build(len(values), kwargs, int(fitted.get("n_models", est.n_members)))
         except (KeyError, TypeError, ValueError) as err:
             raise ValueError(f"{source / CONFIG_FILE} is incomplete or invalid: {err!r}") from err
@@ -953,6 +1017,7 @@ class Forecaster(BaseEstimator):
         model.to(resolved).eval()
         est.model_, est.model_kwargs_, est.static_encoder_ = model, kwargs, encoder
         est.exog_cols_, est.future_exog_cols_ = exog, future_exog
+        est.support_ = support
         est.n_models_ = len(_members(model))
         est.codec_, est.scaling_ = codec, scaling
         est.id_col_, est.time_col_, est.value_cols_ = fitted["id_col"], fitted["time_col"], values

@@ -39,7 +39,6 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import json
 import time
-from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -59,18 +58,8 @@ TARGETS = {"pk_vs_plain": 0.5, "pk_vs_oracle": 1.3}
 QUINIDINE_STATIC = ("Age", "Height", "Weight", "Race", "Smoke", "Ethanol", "Heart", "Creatinine")
 
 
-def _crps_scores(fc: Any, target: pd.DataFrame, scale: float, log: bool = False) -> dict[str, float]:
-    """Scores in units of ``scale``; with ``log``, the forecast was of log concentrations and its
-    draws are mapped back (``exp``), the mean being that of the mapped draws."""
-    if log:
-        samples = np.exp(fc.samples)
-        fc = SimpleNamespace(samples=samples, mean=pd.DataFrame({"conc": samples.mean(0)[:, 0]}))
+def _crps_scores(fc: Any, target: pd.DataFrame, scale: float) -> dict[str, float]:
     return scores(fc, target, ["conc"], np.array([scale]))
-
-
-def logged(frame: pd.DataFrame) -> pd.DataFrame:
-    """The frame with ``conc`` replaced by its logarithm."""
-    return frame.assign(conc=np.log(frame["conc"]))
 
 
 # ---------------------------------------------------------------------------------- PK study
@@ -98,21 +87,19 @@ def concentrations(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.dropna(subset=["conc"])[["id", "ds", "conc"]].reset_index(drop=True)
 
 
-def run_pk(seed: int, n_train: int, n_test: int, params: dict[str, Any], log: bool = False) -> dict[str, Any]:
+def run_pk(seed: int, n_train: int, n_test: int, params: dict[str, Any]) -> dict[str, Any]:
     split = pk_split(n_train, n_test, seed)
     target, names = split["target"], {"id_col": "id", "time_col": "ds"}
     queries = target[["id", "ds"]]
     scale = float(concentrations(split["train"])["conc"].std())
-    out: dict[str, Any] = {"seed": seed, "n_target_values": len(target), "log_concentrations": log}
-    train, context = (
-        (logged(split["train"]), logged(split["context"])) if log else (split["train"], split["context"])
-    )
+    out: dict[str, Any] = {"seed": seed, "n_target_values": len(target)}
+    train, context = split["train"], split["context"]
 
     t0 = time.perf_counter()
     plain = Forecaster(random_state=seed, **params).fit(concentrations(train), **names)
     out["plain_fit_seconds"] = time.perf_counter() - t0
     fc = plain.forecast(concentrations(context), times=queries, n_samples=N_SAMPLES)
-    out["plain"] = _crps_scores(fc, target, scale, log)
+    out["plain"] = _crps_scores(fc, target, scale)
 
     t0 = time.perf_counter()
     covariate = Forecaster(random_state=seed, **params).fit(
@@ -122,7 +109,7 @@ def run_pk(seed: int, n_train: int, n_test: int, params: dict[str, Any], log: bo
     fc = covariate.forecast(
         context, times=queries, n_samples=N_SAMPLES, static_df=split["static"], future_df=split["future"]
     )
-    out["covariates"] = _crps_scores(fc, target, scale, log)
+    out["covariates"] = _crps_scores(fc, target, scale)
 
     naive = LastValueBaseline(random_state=seed).fit(concentrations(split["train"]), **names)
     fc = naive.forecast(concentrations(split["context"]), times=queries, n_samples=N_SAMPLES)
@@ -280,16 +267,13 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tag", default="")
     p.add_argument("--quick", action="store_true", help="tiny budgets, nothing written without --tag")
     p.add_argument("--note", default="", help="what else ran on the machine")
-    p.add_argument(
-        "--log", action="store_true", help="PK: the models forecast log concentrations (mapped back)"
-    )
     args = p.parse_args(argv)
     torch.set_num_threads(1)
     params = {**args.params, **(QUICK if args.quick else {})}
     runs: dict[str, list] = {}
     if "pk" in args.studies:
         for seed in args.seeds:
-            r = run_pk(seed, args.subjects, args.test_subjects, params, args.log)
+            r = run_pk(seed, args.subjects, args.test_subjects, params)
             print(
                 f"pk seed {seed}: vs plain {r['ratio_vs_plain']:.3f}, vs oracle {r['ratio_vs_oracle']:.3f}",
                 flush=True,
