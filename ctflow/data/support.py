@@ -84,12 +84,8 @@ class Support:
     def interior_point(self) -> np.ndarray:
         """A value inside each variable's support ``(D,)`` (0, 1 or the interval's middle)."""
         points = {"real": 0.0, "positive": 1.0}
-        return np.array(
-            [
-                points.get(k, (lo + hi) / 2)
-                for k, lo, hi in zip(self.kinds, self.lows, self.highs, strict=True)
-            ]
-        )
+        pairs = zip(self.kinds, self.lows, self.highs, strict=True)
+        return np.array([points[k] if k in points else (lo + hi) / 2 for k, lo, hi in pairs])
 
     def check(self, values: np.ndarray, variables: Sequence[str], rows: Sequence[Any], name: str) -> None:
         """ValueError naming the first observed value outside its variable's open support."""
