@@ -210,6 +210,19 @@ class Forecaster(BaseEstimator):
         self.n_threads = n_threads
         self.support = support
 
+    @property
+    def time_unit_(self) -> str | None:
+        """The unit the fitted model counts datetime or timedelta times in (None for numbers)."""
+        check_is_fitted(self)
+        return self.codec_.unit
+
+    def __repr__(self, N_CHAR_MAX: int = 700) -> str:
+        text = super().__repr__(N_CHAR_MAX)
+        if not hasattr(self, "model_"):
+            return text
+        unit = "" if self.codec_.kind == "numeric" else f", time unit {self.codec_.describe_unit()}"
+        return f"{text}  # fitted: {self.n_series_} series, variables {list(self.value_cols_)}{unit}"
+
     # ------------------------------------------------------------------ configuration
     def _settings(self) -> ModelSettings:
         return model_settings(self.model)
@@ -343,6 +356,9 @@ class Forecaster(BaseEstimator):
             )
         df = support.transform_frame(df, values)
         codec = TimeCodec.fit(df[time_col], df[id_col], time_unit, time_col)
+        if codec.kind != "numeric":
+            how = "given" if time_unit is not None else "inferred from the typical gap between observations"
+            LOG.info("time column %r counted in %s, %s", time_col, codec.describe_unit(), how)
         series = prepare_series(df, id_col, time_col, values, codec, input_cols=exog)
         encoder = None
         if static_df is not None:
@@ -533,6 +549,14 @@ class Forecaster(BaseEstimator):
             raise ValueError(
                 f"future_df was given, but this model was fitted without known-future inputs{past}"
             )
+        if horizon is not None and self.codec_.kind != "numeric" and not isinstance(horizon, str):
+            numbers_given = [h for h in horizon if isinstance(h, numbers.Real) and not isinstance(h, bool)]
+            if numbers_given:
+                LOG.info(
+                    "horizon %s counted in the model's time unit %s",
+                    numbers_given,
+                    self.codec_.describe_unit(),
+                )
         grid = query_grid(context, self.codec_, self.id_col_, self.time_col_, times=times, horizon=horizon)
         if not self.exog_cols_:
             return grid

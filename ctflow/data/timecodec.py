@@ -156,7 +156,8 @@ class TimeCodec:
         return out
 
     def offsets(self, horizon: Sequence[Any]) -> np.ndarray:
-        """Horizon offsets (numbers in the time unit, or timedeltas) as positive float64 numbers."""
+        """Horizon offsets (numbers in the time unit, timedeltas, or time spans as text such as
+        ``"12h"`` and ``"2D"``) as positive float64 numbers in the time unit."""
         if isinstance(horizon, (str, bytes)) or not isinstance(horizon, Sequence | np.ndarray | pd.Index):
             raise TypeError(f"horizon must be a list of positive offsets, got {type(horizon).__name__}")
         if isinstance(horizon, np.ndarray) and horizon.ndim != 1:
@@ -165,6 +166,18 @@ class TimeCodec:
             raise ValueError("horizon must hold at least one offset")
         out = []
         for h in horizon:
+            if isinstance(h, str):
+                if self.kind == "numeric":
+                    raise TypeError(
+                        f"horizon offset {h!r} is a time span, but the model's times are plain numbers; "
+                        "give numbers"
+                    )
+                try:
+                    h = pd.Timedelta(h)
+                except ValueError:
+                    raise ValueError(
+                        f"horizon offset {h!r} is not a time span such as '12h' or '2D'"
+                    ) from None
             if isinstance(h, pd.Timedelta | np.timedelta64):
                 if self.kind == "numeric":
                     raise TypeError("timedelta horizon offsets need datetime or timedelta times")
@@ -185,6 +198,14 @@ class TimeCodec:
                 raise ValueError(f"horizon offsets must be positive and finite, got {shown}")
             out.append(value)
         return np.asarray(out, dtype=np.float64)
+
+    def describe_unit(self) -> str:
+        """The unit numbers are counted in, in words (``"h (hours)"``; ``"the data's own"`` for
+        numeric times)."""
+        if self.kind == "numeric":
+            return "the data's own"
+        words = {"W": "weeks", "D": "days", "h": "hours", "min": "minutes", "s": "seconds"}
+        return f"{self.unit!r} ({words.get(self.unit, self.unit)})"
 
     def to_dict(self) -> dict[str, Any]:
         return {"kind": self.kind, "unit": self.unit, "origin": self.origin, "tz": self.tz}
