@@ -25,7 +25,7 @@ from .checkpoint import atomic_directory, rng_scope
 from .checks import positive_int, probability
 from .data.covariates import StaticEncoder
 from .data.future import check_future_frame, merge_future_inputs
-from .data.irregular import IrregularBatch, collate, holdout_last, split_series
+from .data.irregular import IrregularBatch, collate, holdout_last, show_label, split_series
 from .data.prepare import (
     PreparedSeries,
     QueryGrid,
@@ -87,6 +87,42 @@ def _with_static(series: PreparedSeries, encoder: StaticEncoder, static_df: pd.D
     """``series`` with the encoded static covariates of its series."""
     features = encoder.transform(static_df, list(series.ids), "static_df")
     return dataclasses.replace(series, static=features, static_names=encoder.feature_names)
+
+
+def _check_target_columns(df: pd.DataFrame, id_col: str, values: Sequence[str]) -> None:
+    """A value column with no observed value is an error; columns constant within every series
+    (descriptors of the series, not variables over time) are pointed to ``static_df``."""
+    empty = [c for c in values if df[c].isna().all()]
+    if empty:
+        raise ValueError(f"value column(s) {empty} have no observed value (every row is NaN); drop them")
+    per_series = df.groupby(id_col, sort=False)[list(values)].nunique()
+    counts = df.groupby(id_col, sort=False)[list(values)].count()
+    constant = [c for c in values if (per_series[c] <= 1).all() and (counts[c] > 1).any()]
+    if constant:
+        LOG.warning(
+            "value column(s) %s never change within a series: forecast as targets, they stay at their "
+            "last value; if they describe the series (age, group, dose level), pass them as static_df",
+            constant,
+        )
+
+
+def _report_unobserved(series: PreparedSeries, variables: Sequence[str]) -> None:
+    """Log the series of a context that have never observed some variable (their forecasts of it
+    rest on what the model learned from other series)."""
+    never = series.raw.mask.sum(1).numpy() == 0  # (B, D)
+    if not never.any():
+        return
+    rows = np.flatnonzero(never.any(1))
+    first = rows[0]
+    missing = [variables[d] for d in np.flatnonzero(never[first])]
+    LOG.warning(
+        "%d of %d series have never observed some variable in the context (e.g. series %s: %s); "
+        "their forecasts of it come from the other series alone",
+        len(rows),
+        len(series),
+        show_label(series.ids[first]),
+        missing,
+    )
 
 
 def _members(model: torch.nn.Module) -> list[torch.nn.Module]:
@@ -344,6 +380,7 @@ class Forecaster(BaseEstimator):
         if value_cols is None and exog:
             value_cols = [c for c in df.columns if c not in (id_col, time_col, *exog)]
         values = check_frame(df, id_col, time_col, value_cols)
+        _check_target_columns(df, id_col, values)
         support = Support.fit(self.support, values)
         observed = df[values].to_numpy(dtype=np.float64, na_value=np.nan)
         unbounded = support.unbounded_nonnegative(observed, values)
@@ -521,6 +558,7 @@ class Forecaster(BaseEstimator):
             name=name,
             input_cols=self.exog_cols_,
         )
+        _report_unobserved(series, self.value_cols_)
         encoder = self.static_encoder_
         if encoder is None:
             if static_df is not None:

@@ -378,6 +378,18 @@ class Trainer:
         self.optimizer.load_state_dict(saved["optimizer"])
         self.state.load_state_dict(trainer)
         self.best_weights, self.order = saved.get("best_state"), saved.get("order")
+        s = self.state
+        if s.stop_reason == "epochs" and not trainer["position"] and 0 < s.epoch < self.epochs:
+            logger.warning(
+                "continuing a run that ended after %d epochs to %d epochs: the learning rate follows its "
+                "schedule over the new total of %d steps from step %d (%.0f%% of the way), so it rises "
+                "again from where the shorter schedule had brought it",
+                s.epoch,
+                self.epochs,
+                self.total_steps,
+                s.attempted,
+                100.0 * s.attempted / max(1, self.total_steps),
+            )
         self.generator.set_state(saved["generator"])
         restore_rng_state(saved["rng"])
         if self.device.type == "cuda" and "device_rng" in saved:

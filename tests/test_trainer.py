@@ -140,6 +140,18 @@ def test_time_limit_stops_mid_epoch_and_resume_continues_exactly(tmp_path):
     assert more["n_steps"] == 20
 
 
+def test_continuing_a_finished_run_says_how_its_schedule_continues(tmp_path, caplog):
+    ckpt = tmp_path / "run.pt"
+    _trainer(Regression(), epochs=2, checkpoint=ckpt).fit()
+    with caplog.at_level("WARNING", logger="ctflow"):
+        history = _trainer(Regression(), epochs=4, checkpoint=ckpt, resume=True).fit()
+    assert history["n_steps"] == 20
+    assert (
+        "continuing a run that ended after 2 epochs to 4 epochs: the learning rate follows its schedule "
+        "over the new total of 20 steps from step 10 (50% of the way)"
+    ) in caplog.text
+
+
 def test_a_checkpoint_made_for_other_settings_is_refused_naming_them(tmp_path):
     ckpt = tmp_path / "run.pt"
     _trainer(Regression(), epochs=1, checkpoint=ckpt, identity={"hidden": 8, "lr": 0.05}).fit()
