@@ -94,7 +94,10 @@ def _check_target_columns(df: pd.DataFrame, id_col: str, values: Sequence[str]) 
     (descriptors of the series, not variables over time) are pointed to ``static_df``."""
     empty = [c for c in values if df[c].isna().all()]
     if empty:
-        raise ValueError(f"value column(s) {empty} have no observed value (every row is NaN); drop them")
+        more = f" and {len(empty) - 5} more" if len(empty) > 5 else ""
+        raise ValueError(
+            f"value column(s) {empty[:5]}{more} have no observed value (every row is NaN); drop them"
+        )
     per_series = df.groupby(id_col, sort=False)[list(values)].nunique()
     counts = df.groupby(id_col, sort=False)[list(values)].count()
     constant = [c for c in values if (per_series[c] <= 1).all() and (counts[c] > 1).any()]
@@ -380,7 +383,6 @@ class Forecaster(BaseEstimator):
         if value_cols is None and exog:
             value_cols = [c for c in df.columns if c not in (id_col, time_col, *exog)]
         values = check_frame(df, id_col, time_col, value_cols)
-        _check_target_columns(df, id_col, values)
         support = Support.fit(self.support, values)
         observed = df[values].to_numpy(dtype=np.float64, na_value=np.nan)
         unbounded = support.unbounded_nonnegative(observed, values)
@@ -397,6 +399,7 @@ class Forecaster(BaseEstimator):
             how = "given" if time_unit is not None else "inferred from the typical gap between observations"
             LOG.info("time column %r counted in %s, %s", time_col, codec.describe_unit(), how)
         series = prepare_series(df, id_col, time_col, values, codec, input_cols=exog)
+        _check_target_columns(df, id_col, values)
         encoder = None
         if static_df is not None:
             encoder = StaticEncoder.fit(static_df, id_col, ids=series.ids)

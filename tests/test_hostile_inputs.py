@@ -173,6 +173,7 @@ FRAME_DEFECTS = (
     "no_value_column",
     "empty",
     "unknown_id_col",
+    "empty_value_column",
 )
 
 
@@ -185,6 +186,15 @@ def _frame_defect(
     r = draw(st.integers(0, n - 1))
     col = draw(st.sampled_from(values))
     ic, tc, vc = (re.escape(repr(c)) for c in (id_col, time_col, col))
+    if what == "empty_value_column":
+        bad = _with_column(df, col, np.full(n, np.nan))
+        shown = re.escape(repr([col]))
+        return (
+            bad,
+            {},
+            ValueError,
+            rf"^value column\(s\) {shown} have no observed value \(every row is NaN\); drop them$",
+        )
     if what == "missing_id":
         ids = df[id_col].astype(object).to_numpy().copy()
         ids[r] = draw(st.sampled_from([None, np.nan]))
@@ -333,6 +343,9 @@ def frames(draw: Any) -> tuple[pd.DataFrame, dict[str, Any], Rejected | None]:
         first = int(np.flatnonzero(series == s)[0])
         if np.isnan(raw[series == s]).all():
             raw[first, 0] = 1.0
+    for j in range(raw.shape[1]):  # and so has every value column
+        if np.isnan(raw[:, j]).all():
+            raw[0, j] = 1.0
     df = pd.DataFrame(
         {id_col: [ids[s] for s in series], time_col: _times(time_kind, steps.astype(float), scale)}
     )
@@ -706,6 +719,13 @@ def horizon_error(horizon: Any, time_scale: float) -> tuple[type[Exception], str
     for h in horizon:
         if isinstance(h, pd.Timedelta):
             return TypeError, r"^timedelta horizon offsets need datetime or timedelta times$"
+        if isinstance(h, str):
+            shown = re.escape(repr(h))
+            return (
+                TypeError,
+                rf"^horizon offset {shown} is a time span, but the model's times are plain numbers; "
+                "give numbers$",
+            )
         if isinstance(h, bool) or not isinstance(h, int | float | np.floating):
             return TypeError, rf"^horizon offsets must be numbers or timedeltas, got {re.escape(repr(h))}$"
         try:
@@ -743,7 +763,7 @@ def test_generated_horizons(fitted, horizon):
 def test_thousands_of_variables():
     rng = np.random.default_rng(0)
     values = pd.DataFrame(rng.normal(size=(6, 2000)), columns=[f"x{j}" for j in range(2000)])
-    values.iloc[:, ::7] = np.nan
+    values.iloc[1:, ::7] = np.nan  # observed once: the second series never sees them
     ids = pd.DataFrame({"unique_id": [0, 0, 0, 1, 1, 1], "ds": [0.0, 1.0, 2.0, 0.0, 1.5, 3.0]})
     df = pd.concat([ids, values], axis=1)
     model = accepted(lambda: tiny().fit(df))
@@ -752,6 +772,11 @@ def test_thousands_of_variables():
     band = accepted(lambda: model.predict_interval(df, horizon=[1.0], coverage=[0.8]))
     assert band.shape == (2, 2 + 2 * 2000) and np.isfinite(band.iloc[:, 2:].to_numpy(float)).all()
     assert np.isfinite(accepted(lambda: model.score(df)))
+    empty = df.assign(**{f"x{j}": np.nan for j in range(0, 2000, 7)})
+    with pytest.raises(
+        ValueError, match=r"^value column\(s\) \['x0', 'x7', 'x14', 'x21', 'x28'\] and 281 more have no"
+    ):
+        tiny().fit(empty)
 
 
 @pytest.mark.parametrize("magnitude", [1e30, 1e300, 1e-300, 5e-324])
@@ -815,12 +840,14 @@ def test_datetimes_spanning_centuries():
 
 
 def test_single_observed_value_overall_and_single_row_series():
-    df = pd.DataFrame({"unique_id": ["a"], "ds": [3.0], "y": [2.0], "z": [np.nan]})
+    df = pd.DataFrame({"unique_id": ["a"], "ds": [3.0], "y": [2.0]})
     model = accepted(lambda: tiny().fit(df))
     check_forecasts(model, model.predict(df, horizon=[1.0]), 1)
     assert np.isfinite(model.score(df))
-    unseen = df.assign(unique_id="b", y=np.nan, z=5.0)
+    unseen = df.assign(unique_id="b", ds=1.0, y=5.0)
     check_forecasts(model, model.predict(unseen, horizon=[0.5, 1.0]), 2)
+    with pytest.raises(ValueError, match=r"^value column\(s\) \['z'\] have no observed value"):
+        tiny().fit(df.assign(z=np.nan))  # a variable never observed cannot be learned
 
 
 @pytest.mark.parametrize(
