@@ -14,14 +14,17 @@ __version__ = "0.1.0"
 _LAZY: dict[str, tuple[str, str | None]] = {
     "Forecast": (".forecast", "Forecast"),
     "Forecaster": (".estimator", "Forecaster"),
+    "SeriesSplit": (".evaluation", "SeriesSplit"),
+    "cross_validation": (".evaluation", "cross_validation"),
     "flows": (".flows", None),
 }
 
-__all__ = ["Forecast", "Forecaster", "__version__", "flows"]
+__all__ = ["Forecast", "Forecaster", "SeriesSplit", "__version__", "cross_validation", "flows"]
 
 if TYPE_CHECKING:
     from . import flows
     from .estimator import Forecaster
+    from .evaluation import SeriesSplit, cross_validation
     from .forecast import Forecast
 
 

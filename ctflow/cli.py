@@ -26,7 +26,6 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import pandas as pd
 
 from .checkpoint import atomic_write
@@ -407,83 +406,62 @@ def add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
         "evaluate",
         help="score a saved model on test series",
         description="Print the score of TEST.csv: the mean log-likelihood per observed value of each "
-        "observation given the earlier ones in its series (higher is better). With --horizon K, each "
-        "series' last K observation times are also forecast from the earlier ones (series with no "
-        "earlier observation are left out) and the forecasts scored: CRPS and MAE of the mean per "
-        "observed value, and the coverage of central intervals.",
+        "observation given the earlier ones in its series (higher is better). With --horizon H (a time "
+        "offset, as in forecast), every series is also cut H before its end (--windows N: N such cuts, "
+        "H apart), the observations after each cut are forecast from the rows before it, and the "
+        "forecasts are scored: CRPS, MAE and MSE of the mean, and the coverage of central intervals, "
+        "overall and per variable (ctflow.cross_validation and ctflow.metrics.evaluate).",
     )
     p.add_argument("model_dir", metavar="MODEL_DIR")
     p.add_argument("test", metavar="TEST.csv")
-    p.add_argument("--horizon", type=int, metavar="K", help="observation times held out per series")
+    p.add_argument(
+        "--horizon",
+        type=parse_offset,
+        metavar="H",
+        help="forecast window after each cut: a number in the model's time unit, or a span like 12h",
+    )
+    p.add_argument("--windows", type=int, default=1, metavar="N", help="cuts per series (default: 1)")
     p.add_argument("--coverage", nargs="+", type=float, default=[0.8, 0.95], metavar="C")
     p.add_argument("--n-samples", type=int, help="forecast samples (default: the model's)")
     p.add_argument("--seed", type=int, help="sampling seed (default: the model's)")
+    p.add_argument("--output", metavar="CV.csv", help="also write the forecast table of every cut")
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--device", help="auto, cpu or cuda (default: as saved)")
     p.add_argument("--static", metavar="STATIC.csv", help=STATIC_HELP)
     p.set_defaults(func=run_evaluate)
 
 
-def split_last(
-    df: pd.DataFrame, id_col: str, time_col: str, values: Sequence[str], k: int
-) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Each series' last ``k`` observed times (targets) and the observations before them (context);
-    series with nothing before their targets are dropped from both."""
-    observed = df[df[list(values)].notna().any(axis=1)].sort_values([id_col, time_col], kind="stable")
-    from_end = observed.groupby(id_col, sort=False).cumcount(ascending=False)
-    context, target = observed[from_end >= k], observed[from_end < k]
-    target = target[target[id_col].isin(context[id_col])]
-    return context, target
-
-
-def split_inputs(
-    df: pd.DataFrame, context: pd.DataFrame, target: pd.DataFrame, est: Any
-) -> tuple[pd.DataFrame, pd.DataFrame | None]:
-    """For a model with inputs: the context with every row up to each series' last context
-    observation, and the known-future input rows after it up to the last target (None without)."""
-    id_col, time_col = est.id_col_, est.time_col_
-    rows = df[df[id_col].isin(target[id_col])]
-    cut = rows[id_col].map(context.groupby(id_col)[time_col].max())
-    end = rows[id_col].map(target.groupby(id_col)[time_col].max())
-    full_context = rows[rows[time_col] <= cut]
-    if not est.future_exog_cols_:
-        return full_context, None
-    planned = rows[(rows[time_col] > cut) & (rows[time_col] < end)]
-    planned = planned[[id_col, time_col, *est.future_exog_cols_]]
-    return full_context, planned[planned[est.future_exog_cols_].notna().any(axis=1)]
-
-
-def evaluate_holdout(est: Any, df: pd.DataFrame, k: int, coverage: Sequence[float], **kwargs: Any) -> dict:
-    import torch
-
+def evaluate_windows(est: Any, df: pd.DataFrame, args: argparse.Namespace, static: Any) -> tuple[dict, Any]:
+    """Backtest scores of ``est`` on ``df`` (overall and per variable) and the forecast table."""
+    from .evaluation import cross_validation
     from .forecast import check_coverage
-    from .metrics import crps_samples, interval_coverage
+    from .metrics import evaluate
 
-    levels = check_coverage(coverage)
-    values = est.value_cols_
-    context, target = split_last(df, est.id_col_, est.time_col_, values, k)
-    if target.empty:
-        raise InputError(f"no series has more than {k} observation time(s) to hold out")
-    if est.exog_cols_:
-        context, kwargs["future_df"] = split_inputs(df, context, target, est)
-    fc = est.forecast(context, times=target[[est.id_col_, est.time_col_]], **kwargs)
-    y = torch.from_numpy(target[values].to_numpy(dtype=np.float64, na_value=np.nan).copy())
-    mask = ~torch.isnan(y)
-    y = torch.nan_to_num(y)
-    samples = torch.from_numpy(fc.samples)
-    crps = crps_samples(samples, y, reduce=False)
-    abs_err = (torch.tensor(fc.mean[values].to_numpy()) - y).abs()
-    out: dict[str, Any] = {"series": int(target[est.id_col_].nunique()), "targets": int(mask.sum())}
-    out["crps"] = float(crps[mask].mean())
-    out["mae"] = float(abs_err[mask].mean())
-    for d, name in enumerate(values):
-        if mask[:, d].any():
-            out[f"crps_{name}"] = float(crps[mask[:, d], d].mean())
-    for c in levels:
-        lo, hi = fc.quantile_array([(1 - c) / 2, (1 + c) / 2])
-        cov = interval_coverage(torch.from_numpy(lo), torch.from_numpy(hi), y, mask)
-        out[f"coverage_{100 * c:g}"] = float(cov)
-    return out
+    levels = check_coverage(args.coverage)
+    quantiles = sorted({round(q, 12) for c in levels for q in ((1 - c) / 2, (1 + c) / 2)} | {0.5})
+    if args.windows < 1:
+        raise InputError(f"--windows must be a positive number of cuts, got {args.windows}")
+    try:
+        frame = cross_validation(
+            est,
+            df,
+            horizon=args.horizon,
+            n_windows=args.windows,
+            quantiles=quantiles,
+            n_samples=args.n_samples,
+            seed=args.seed,
+            static_df=static,
+        )
+    except TypeError as err:
+        raise InputError(f"--horizon: {err}") from err
+    overall = evaluate(frame, by=()).iloc[0].to_dict()
+    out: dict[str, Any] = {"horizon": str(args.horizon), "windows": args.windows}
+    out["series"] = int(frame[est.id_col_].nunique())
+    out["targets"] = int(overall.pop("n"))
+    out.update({k: float(v) for k, v in overall.items()})
+    for row in evaluate(frame, by=("variable",)).to_dict("records"):
+        out[f"crps_{row['variable']}"] = float(row["crps"])
+    return out, frame
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
@@ -492,20 +470,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
     static = _static(args)
     result: dict[str, Any] = {"score": est.score(df, static_df=static)}
     if args.horizon is not None:
-        if args.horizon < 1:
-            raise InputError(f"--horizon must be a positive number of observations, got {args.horizon}")
-        result["horizon"] = args.horizon
-        result.update(
-            evaluate_holdout(
-                est,
-                df,
-                args.horizon,
-                args.coverage,
-                n_samples=args.n_samples,
-                seed=args.seed,
-                static_df=static,
-            )
-        )
+        scores, frame = evaluate_windows(est, df, args, static)
+        result.update(scores)
+        if args.output:
+            atomic_write(Path(args.output), lambda tmp: frame.to_csv(tmp, index=False))
     if args.json:
         print(json.dumps(result))
     else:

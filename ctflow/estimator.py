@@ -455,6 +455,10 @@ class Forecaster(BaseEstimator):
         self.history_ = history
         self.validation_report_ = report
         self.n_series_ = len(batch)
+        self.train_spans_ = pd.DataFrame(
+            {"last": series.last_time, "rows": series.raw.lengths.numpy()},
+            index=pd.Index(series.ids),
+        )
         return self
 
     def _fit_options(self, train: IrregularBatch, seed: int | None) -> dict[str, Any]:
@@ -931,6 +935,7 @@ class Forecaster(BaseEstimator):
         units of the data (higher is better): each observation is scored by the model's predictive
         density given everything observed before it in its series."""
         context = self._context(df, static_df=static_df)
+        self._refuse_split_series(context)
         batch = context.model_batch(self.scaling_)
         nll = evaluate_sequence_nll(self.model_, batch)
         counts = batch.mask.double().sum((0, 1)).numpy()
@@ -946,6 +951,32 @@ class Forecaster(BaseEstimator):
                 "the training data"
             )
         return score
+
+    def _refuse_split_series(self, context: PreparedSeries) -> None:
+        """A ValueError when ``context`` holds some, but not all, of a training series' rows up to
+        its last training time: rows split between fitting and scoring (a row-wise ``KFold``).
+        Scoring the training rows themselves, or them with later rows, is allowed."""
+        spans = getattr(self, "train_spans_", None)
+        if spans is None:
+            return
+        shared = spans.reindex(context.ids)
+        known = shared["rows"].notna().to_numpy()
+        if not known.any():
+            return
+        times = context.raw.times.numpy()[known]
+        valid = context.raw.pad_mask.numpy()[known]
+        last = shared["last"].to_numpy()[known]
+        inside = (valid & (times <= last[:, None])).sum(1)
+        split = (inside > 0) & (inside != shared["rows"].to_numpy()[known])
+        if split.any():
+            sid = show_label(context.ids[np.flatnonzero(known)[np.flatnonzero(split)[0]]])
+            raise ValueError(
+                f"df holds some, but not all, of the rows the model was fitted on for series {sid} (up to "
+                "its last training time): rows of one series were split between fitting and scoring (a "
+                "row-wise KFold). "
+                "Split by series with ctflow.SeriesSplit (cv=SeriesSplit(5)), or backtest in time with "
+                "ctflow.cross_validation"
+            )
 
     # ------------------------------------------------------------------ persistence
     def _config(self) -> dict[str, Any]:

@@ -9,10 +9,25 @@ energy score).
 
 from __future__ import annotations
 
+import re
+from collections.abc import Sequence
+
+import numpy as np
+import pandas as pd
 import torch
 from torch import Tensor
 
-__all__ = ["masked_mean", "nll", "crps_samples", "energy_score", "interval_coverage", "mse", "mae"]
+__all__ = [
+    "crps_per_value",
+    "crps_samples",
+    "energy_score",
+    "evaluate",
+    "interval_coverage",
+    "mae",
+    "masked_mean",
+    "mse",
+    "nll",
+]
 
 
 def _mask(y: Tensor, mask: Tensor | None) -> Tensor:
@@ -104,3 +119,96 @@ def mse(prediction: Tensor, y: Tensor, mask: Tensor | None = None) -> Tensor:
 def mae(prediction: Tensor, y: Tensor, mask: Tensor | None = None) -> Tensor:
     """Mean absolute error over observed entries."""
     return masked_mean((prediction - y).abs(), mask)
+
+
+def crps_per_value(samples: np.ndarray, y: np.ndarray) -> np.ndarray:
+    """CRPS of each entry of ``y (...)`` under draws ``samples (n, ...)`` (NaN where ``y`` is NaN)."""
+    observed = ~np.isnan(y)
+    crps = crps_samples(
+        torch.from_numpy(np.asarray(samples, dtype=np.float64)),
+        torch.from_numpy(np.where(observed, y, 0.0)),
+        reduce=False,
+    )
+    return np.where(observed, crps.numpy(), np.nan)
+
+
+def _quantile_columns(frame: pd.DataFrame) -> dict[float, str]:
+    """The frame's ``q{100 q}`` columns by level."""
+    out = {}
+    for col in frame.columns:
+        match = re.fullmatch(r"q(\d+(?:\.\d+)?)", str(col))
+        if match:
+            out[float(match.group(1)) / 100] = col
+    return dict(sorted(out.items()))
+
+
+def _horizon_groups(horizon: pd.Series, n_bins: int) -> pd.Series:
+    """Horizons as group labels: the values themselves when there are at most ``n_bins`` of them,
+    else ``n_bins`` equal-count ranges ``(low, high]``."""
+    is_span = pd.api.types.is_timedelta64_dtype(horizon)
+    if horizon.nunique() <= n_bins:
+        return horizon.astype(str)
+    numeric = horizon.dt.total_seconds() if is_span else horizon.astype(float)
+    bins = pd.qcut(numeric, q=n_bins, duplicates="drop")
+
+    def show(x: float) -> str:
+        return str(pd.Timedelta(seconds=x)) if is_span else f"{x:.4g}"
+
+    return bins.map(lambda iv: f"({show(iv.left)}, {show(iv.right)}]").astype(str)
+
+
+def evaluate(
+    frame: pd.DataFrame,
+    metrics: Sequence[str] = ("crps", "mae", "mse", "coverage"),
+    by: Sequence[str] = ("variable", "horizon"),
+    horizon_bins: int = 4,
+) -> pd.DataFrame:
+    """Scores of a long forecast frame (:func:`ctflow.cross_validation`'s: ``actual``, ``mean``,
+    ``q{100 q}`` columns and ``crps``) per group of ``by``: ``crps`` (the frame's own column, else
+    twice the average quantile loss over its levels), ``mae`` and ``mse`` of the mean, and
+    ``coverage_{c}`` of every central interval its quantile levels make. ``"horizon"`` in ``by``
+    groups the horizons into ``horizon_bins`` equal-count bins (labelled by their ranges).
+
+    >>> import pandas as pd
+    >>> frame = pd.DataFrame({"variable": ["y", "y"], "horizon": [1.0, 2.0], "actual": [0.0, 1.0],
+    ...                       "mean": [0.5, 0.5], "q10": [-1.0, 0.8], "q90": [1.0, 1.2], "crps": [0.2, 0.3]})
+    >>> evaluate(frame, by=("variable",)).round(3).to_dict("records")
+    [{'variable': 'y', 'n': 2, 'crps': 0.25, 'mae': 0.5, 'mse': 0.25, 'coverage_80': 1.0}]
+    """
+    allowed = ("crps", "mae", "mse", "coverage")
+    unknown = [m for m in metrics if m not in allowed]
+    if unknown:
+        raise ValueError(f"unknown metrics {unknown}; choose from {list(allowed)}")
+    missing = [c for c in ("actual", "mean", *by) if c not in frame.columns]
+    if missing:
+        raise ValueError(f"frame has no column(s) {missing}; columns are {list(map(str, frame.columns))}")
+    data = frame[frame["actual"].notna()].copy()
+    keys = list(by)
+    if "horizon" in keys:
+        data["horizon"] = _horizon_groups(data["horizon"], horizon_bins)
+    levels = _quantile_columns(data)
+    error = data["mean"] - data["actual"]
+    data["_abs"], data["_sq"] = error.abs(), error**2
+    if "crps" not in data.columns and levels:
+        y = data["actual"].to_numpy()
+        losses = [np.maximum(q * (y - data[c]), (q - 1) * (y - data[c])) for q, c in levels.items()]
+        data["crps"] = 2 * np.mean(losses, axis=0)
+    pairs = [(q, 1 - q) for q in levels if q < 0.5 and any(abs(1 - q - r) < 1e-9 for r in levels)]
+    for low, high in pairs:
+        high_col = levels[min(levels, key=lambda r: abs(r - high))]
+        inside = (data["actual"] >= data[levels[low]]) & (data["actual"] <= data[high_col])
+        data[f"coverage_{round(100 * (high - low))}"] = inside.astype(float)
+    columns = {"n": ("actual", "size")}
+    if "crps" in metrics and "crps" in data.columns:
+        columns["crps"] = ("crps", "mean")
+    if "mae" in metrics:
+        columns["mae"] = ("_abs", "mean")
+    if "mse" in metrics:
+        columns["mse"] = ("_sq", "mean")
+    if "coverage" in metrics:
+        for low, high in sorted(pairs, key=lambda p: p[1] - p[0]):
+            name = f"coverage_{round(100 * (high - low))}"
+            columns[name] = (name, "mean")
+    if not keys:
+        return data.assign(_all=0).groupby("_all").agg(**columns).reset_index(drop=True)
+    return data.groupby(keys, sort=True, observed=True).agg(**columns).reset_index()

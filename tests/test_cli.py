@@ -12,7 +12,7 @@ import pandas as pd
 import pytest
 
 from ctflow import Forecaster
-from ctflow.cli import build_parser, main, split_last
+from ctflow.cli import build_parser, main
 from ctflow.data import load_double_ou
 from ctflow.image.cli import MODEL_NAMES
 from ctflow.models.settings import GRUODEBayesSettings
@@ -141,17 +141,24 @@ def test_datetime_csv_is_detected(files, tmp_path, capsys):
     assert float(lines["crps"]) > 0 and 0 <= float(lines["coverage_80"]) <= 1
 
 
-def test_split_last_holds_out_each_series_tail():
-    df = pd.DataFrame(
-        {
-            "id": ["a", "a", "a", "a", "b", "b"],
-            "t": [3.0, 1.0, 2.0, 4.0, 1.0, 2.0],
-            "y": [3.0, 1.0, np.nan, 4.0, 1.0, 2.0],
-        }
-    )
-    context, target = split_last(df, "id", "t", ["y"], 2)
-    assert list(zip(target["id"], target["t"], strict=True)) == [("a", 3.0), ("a", 4.0)]
-    assert list(zip(context["id"], context["t"], strict=True)) == [("a", 1.0)]
+def test_evaluate_backtests_with_a_time_offset(files, tmp_path, capsys):
+    """--horizon means a time offset in evaluate as in forecast: the scores are those of
+    cross_validation's table, which --output writes."""
+    from ctflow import cross_validation
+    from ctflow.metrics import evaluate
+
+    root, df, _ = files
+    out = tmp_path / "cv.csv"
+    argv = ["evaluate", str(root / "model"), str(root / "train.csv"), "--horizon", "1.5", "--windows", "2"]
+    assert main([*argv, "--output", str(out), "--json", "--seed", "3"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    table = pd.read_csv(out)
+    assert result["targets"] == len(table) and result["windows"] == 2
+    assert (table["horizon"] > 0).all() and (table["horizon"] <= 1.5 + 1e-9).all()
+    model = Forecaster.load(root / "model")
+    again = cross_validation(model, df, 1.5, n_windows=2, quantiles=[0.025, 0.1, 0.5, 0.9, 0.975], seed=3)
+    assert result["crps"] == pytest.approx(evaluate(again, by=()).loc[0, "crps"], rel=1e-9)
+    assert {"coverage_80", "coverage_95", "crps_y1", "crps_y2", "mae", "mse"} <= set(result)
 
 
 @pytest.mark.parametrize("command", [[], ["fit"], ["forecast"], ["evaluate"]])
@@ -244,7 +251,7 @@ def _bad_cases(root, tmp):
             "no forecast for series ['x']",
         ),
         "missing-test": (["evaluate", model, str(tmp / "test.csv")], "test.csv: no such file"),
-        "bad-holdout": (["evaluate", model, train, "--horizon", "0"], "--horizon"),
+        "bad-holdout": (["evaluate", model, train, "--horizon", "0"], "horizon must be a positive number"),
     }
 
 
