@@ -29,6 +29,7 @@ __all__ = [
     "atomic_directory",
     "atomic_write",
     "capture_rng_state",
+    "output_folder",
     "load_checkpoint",
     "restore_rng_state",
     "save_checkpoint",
@@ -51,12 +52,25 @@ def _readable_by_others(path: Path, folder: bool = False) -> None:
     path.chmod((0o777 if folder else 0o666) & ~umask)
 
 
-def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+def output_folder(path: str | os.PathLike, parents: bool = False) -> Path:
+    """The folder ``path`` is written into: it must exist, or with ``parents`` it is created."""
+    folder = Path(path).parent
+    if parents:
+        folder.mkdir(parents=True, exist_ok=True)
+    elif not folder.is_dir():
+        raise ValueError(
+            f"output folder {str(folder)!r} does not exist: create it, or ask for it to be created "
+            "(parents=True; --parents on the command line)"
+        )
+    return folder
+
+
+def atomic_write(path: str | os.PathLike, write: Callable[[Path], None], parents: bool = False) -> Path:
     """Write ``path`` atomically and durably: ``write`` fills a temporary file in the same folder,
     which is flushed to disk and renamed over ``path``; the folder's entry is then flushed too.
     Readers see the old file or the whole new one, a failed write leaves nothing behind, and the
     file gets the permissions of the umask like any other new file. Every file ctflow writes
-    goes through here (or :func:`atomic_directory`).
+    goes through here (or :func:`atomic_directory`). The folder must exist unless ``parents``.
 
     >>> import tempfile
     >>> from pathlib import Path
@@ -66,7 +80,7 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     note.txt done
     """
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
+    output_folder(path, parents)
     fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     os.close(fd)
     tmp = Path(name)
@@ -81,17 +95,18 @@ def atomic_write(path: str | os.PathLike, write: Callable[[Path], None]) -> Path
     return path
 
 
-def atomic_write_json(path: str | os.PathLike, obj: Any) -> Path:
+def atomic_write_json(path: str | os.PathLike, obj: Any, parents: bool = False) -> Path:
     """Write ``obj`` as indented JSON with :func:`atomic_write` (numbers JSON lacks as floats)."""
     text = json.dumps(obj, indent=2, default=float)
-    return atomic_write(path, lambda tmp: tmp.write_text(text))
+    return atomic_write(path, lambda tmp: tmp.write_text(text), parents)
 
 
-def atomic_directory(path: str | os.PathLike, write: Callable[[Path], None]) -> Path:
+def atomic_directory(path: str | os.PathLike, write: Callable[[Path], None], parents: bool = False) -> Path:
     """Write the folder ``path`` atomically: ``write`` fills a temporary folder beside it whose
-    files are flushed, then it replaces ``path`` (an existing folder is swapped out and removed)."""
+    files are flushed, then it replaces ``path`` (an existing folder is swapped out and removed).
+    The folder holding ``path`` must exist unless ``parents``."""
     target = Path(path)
-    target.parent.mkdir(parents=True, exist_ok=True)
+    output_folder(target, parents)
     tmp = Path(tempfile.mkdtemp(prefix=f".{target.name}.", dir=target.parent))
     try:
         write(tmp)

@@ -28,7 +28,7 @@ from typing import Any
 
 import pandas as pd
 
-from .checkpoint import atomic_write
+from .checkpoint import atomic_write, output_folder
 
 __all__ = ["build_parser", "main"]
 
@@ -58,6 +58,16 @@ FUTURE_HELP = (
     "known-future inputs: rows of id, time and the model's known-future input columns after each "
     "series' context (planned doses)"
 )
+
+
+PARENTS_HELP = "create missing output folders (else a missing folder is an error, before any work)"
+
+
+def _check_outputs(args: argparse.Namespace, *paths: str | None) -> None:
+    """Every output's folder exists (or, with --parents, is created) before the work starts."""
+    for path in paths:
+        if path is not None:
+            output_folder(path, parents=args.parents)
 
 
 def _static(args: argparse.Namespace) -> pd.DataFrame | None:
@@ -200,6 +210,7 @@ def add_fit_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--checkpoint", help="training checkpoint file, written atomically after every epoch")
     p.add_argument("--resume", action="store_true", help="continue from --checkpoint if it exists")
     p.add_argument("--static", metavar="STATIC.csv", help=STATIC_HELP)
+    p.add_argument("--parents", action="store_true", help=PARENTS_HELP)
     p.add_argument(
         "--exog-cols",
         nargs="+",
@@ -243,6 +254,7 @@ def run_fit(args: argparse.Namespace) -> int:
     from .estimator import Forecaster
 
     model = _model_from_settings(args.model, args.set)
+    _check_outputs(args, args.out, args.checkpoint)
     kind = "datetime" if args.datetime else None
     df = read_series(args.data, args.id_col, args.time_col, kind=kind)
     if args.value_cols:
@@ -280,7 +292,7 @@ def run_fit(args: argparse.Namespace) -> int:
     )
     if int(os.environ.get("RANK", "0")) != 0:
         return 0  # under torchrun every process holds the same model; rank 0 writes it
-    path = est.save(args.out)
+    path = est.save(args.out, parents=args.parents)
     history = est.history_ or {}
     summary = {
         "model_dir": str(path),
@@ -322,6 +334,7 @@ def add_forecast_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--device", help="auto, cpu or cuda (default: as saved)")
     p.add_argument("--static", metavar="STATIC.csv", help=STATIC_HELP)
     p.add_argument("--future", metavar="FUTURE.csv", help=FUTURE_HELP)
+    p.add_argument("--parents", action="store_true", help=PARENTS_HELP)
     p.set_defaults(func=run_forecast)
 
 
@@ -370,6 +383,7 @@ def _plot(forecast: Any, series: list[Any], path: Path) -> None:
 
 
 def run_forecast(args: argparse.Namespace) -> int:
+    _check_outputs(args, args.output, args.plot)
     est = _load(args.model_dir, args.device)
     context = _read_for(est, args.context)
     times = _read_for(est, args.times) if args.times else None
@@ -428,6 +442,7 @@ def add_evaluate_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--device", help="auto, cpu or cuda (default: as saved)")
     p.add_argument("--static", metavar="STATIC.csv", help=STATIC_HELP)
+    p.add_argument("--parents", action="store_true", help=PARENTS_HELP)
     p.set_defaults(func=run_evaluate)
 
 
@@ -465,6 +480,7 @@ def evaluate_windows(est: Any, df: pd.DataFrame, args: argparse.Namespace, stati
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
+    _check_outputs(args, args.output)
     est = _load(args.model_dir, args.device)
     df = _read_for(est, args.test)
     static = _static(args)

@@ -455,6 +455,7 @@ class Forecaster(BaseEstimator):
         self.history_ = history
         self.validation_report_ = report
         self.n_series_ = len(batch)
+        self.train_rows_ = df.index.copy()
         self.train_spans_ = pd.DataFrame(
             {"last": series.last_time, "rows": series.raw.lengths.numpy()},
             index=pd.Index(series.ids),
@@ -935,7 +936,7 @@ class Forecaster(BaseEstimator):
         units of the data (higher is better): each observation is scored by the model's predictive
         density given everything observed before it in its series."""
         context = self._context(df, static_df=static_df)
-        self._refuse_split_series(context)
+        self._refuse_split_series(context, df.index)
         batch = context.model_batch(self.scaling_)
         nll = evaluate_sequence_nll(self.model_, batch)
         counts = batch.mask.double().sum((0, 1)).numpy()
@@ -952,12 +953,13 @@ class Forecaster(BaseEstimator):
             )
         return score
 
-    def _refuse_split_series(self, context: PreparedSeries) -> None:
+    def _refuse_split_series(self, context: PreparedSeries, rows: pd.Index) -> None:
         """A ValueError when ``context`` holds some, but not all, of a training series' rows up to
-        its last training time: rows split between fitting and scoring (a row-wise ``KFold``).
-        Scoring the training rows themselves, or them with later rows, is allowed."""
+        its last training time and its row labels are none of the training frame's: rows of one
+        frame split between fitting and scoring (a row-wise ``KFold``). Scoring the training rows
+        themselves, them with later rows, or another frame (with labels of its own) is allowed."""
         spans = getattr(self, "train_spans_", None)
-        if spans is None:
+        if spans is None or len(rows.intersection(self.train_rows_)):
             return
         shared = spans.reindex(context.ids)
         known = shared["rows"].notna().to_numpy()
@@ -1010,8 +1012,9 @@ class Forecaster(BaseEstimator):
             },
         }
 
-    def save(self, path: str | os.PathLike) -> Path:
-        """Write ``config.json`` and ``model.safetensors`` into the directory ``path``.
+    def save(self, path: str | os.PathLike, parents: bool = False) -> Path:
+        """Write ``config.json`` and ``model.safetensors`` into the directory ``path`` (whose
+        parent folder must exist, unless ``parents``).
 
         The files are written to a temporary directory that then replaces ``path`` (an existing
         saved model or empty directory) with :func:`ctflow.checkpoint.atomic_directory`, so an
@@ -1036,7 +1039,7 @@ class Forecaster(BaseEstimator):
             save_file(state, str(folder / WEIGHTS_FILE), metadata={"format": FORMAT})
             (folder / CONFIG_FILE).write_text(json.dumps(config, indent=2))
 
-        return atomic_directory(target, write)
+        return atomic_directory(target, write, parents)
 
     @classmethod
     def load(cls, path: str | os.PathLike, device: str | None = None) -> Forecaster:

@@ -3,11 +3,15 @@
 from __future__ import annotations
 
 import numbers
+import os
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pandas as pd
+
+from .checkpoint import atomic_write
 
 __all__ = [
     "Forecast",
@@ -207,11 +211,15 @@ class Forecast:
         ax: Any = None,
         variables: Sequence[str] | None = None,
         coverage: Sequence[float] = (0.5, 0.8, 0.95),
+        save: str | os.PathLike | None = None,
+        parents: bool = False,
     ) -> Any:
         """Plot one series: its history (dots), forecast median (line) and shaded central intervals.
 
         With ``ax=None`` a new figure gets one panel per variable; a single ``ax`` takes one
-        variable (the first of ``variables``). Returns the axes.
+        variable (the first of ``variables``). Returns the axes. ``save``: also write the figure
+        to this image file (PNG, PDF, SVG, ... by its suffix; atomically, into an existing folder
+        unless ``parents``).
         """
         import matplotlib.pyplot as plt
 
@@ -242,4 +250,10 @@ class Forecast:
             a.plot(t, self.quantile_array(0.5)[0, order, d], "-o", ms=3, color="C0", label="median")
             a.set_ylabel(name)
         axes[0].legend(loc="best", fontsize=7)
+        if save is not None:
+            path = Path(save)
+            fmt = path.suffix.lstrip(".") or "png"
+            figure = axes[0].figure
+            figure.tight_layout()
+            atomic_write(path, lambda tmp: figure.savefig(tmp, format=fmt, dpi=110), parents)
         return axes if ax is None else ax

@@ -49,6 +49,7 @@ from .checkpoint import (
     atomic_write_json,
     capture_rng_state,
     load_checkpoint,
+    output_folder,
     restore_rng_state,
     save_checkpoint,
 )
@@ -321,6 +322,9 @@ class Trainer:
         self.checkpoint_path = Path(checkpoint) if checkpoint is not None else None
         self.checkpoint_every, self.identity = checkpoint_every, dict(identity or {})
         self.log_path = Path(log_path) if log_path is not None else None
+        for path in (self.checkpoint_path, self.log_path):  # before any training, not at the first save
+            if path is not None:
+                output_folder(path)
         self.state = TrainerState()
         self.best_weights: dict[str, Tensor] | None = None
         self.order: Tensor | None = None

@@ -12,4 +12,4 @@ RESULTS = Path(__file__).resolve().parent / "results"
 
 def write_result(path: str | os.PathLike, text: str) -> Path:
     """Write ``text`` to ``path`` atomically, creating its folder."""
-    return atomic_write(path, lambda tmp: tmp.write_text(text))
+    return atomic_write(path, lambda tmp: tmp.write_text(text), parents=True)

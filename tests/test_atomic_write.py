@@ -25,10 +25,34 @@ def _mode(path) -> int:
 
 def test_a_file_replaces_the_old_one_whole_with_the_umask_permissions(tmp_path, umask_022):
     target = tmp_path / "sub" / "out.txt"
-    atomic_write(target, lambda tmp: tmp.write_text("old"))
+    with pytest.raises(ValueError, match=r"output folder '.*sub' does not exist: create it, or ask for it"):
+        atomic_write(target, lambda tmp: tmp.write_text("old"))
+    assert not (tmp_path / "sub").exists()
+    atomic_write(target, lambda tmp: tmp.write_text("old"), parents=True)
     atomic_write(target, lambda tmp: tmp.write_text("new"))
     assert target.read_text() == "new" and _mode(target) == 0o644
+    assert _mode(target.parent) == 0o755
     assert [p.name for p in target.parent.iterdir()] == ["out.txt"]
+
+
+def test_missing_output_folders_stop_the_command_line_before_any_work(tmp_path, capsys):
+    from ctflow.cli import main
+    from ctflow.data import load_double_ou
+
+    data = tmp_path / "train.csv"
+    load_double_ou(6, seed=0).to_csv(data, index=False)
+    fit = ["fit", str(data), "--max-steps", "2", "--val-fraction", "0"]
+    assert main([*fit, "--out", str(tmp_path / "runs" / "m")]) == 2
+    assert "output folder" in capsys.readouterr().err and not (tmp_path / "runs").exists()
+    assert main([*fit, "--out", str(tmp_path / "runs" / "m"), "--parents"]) == 0
+    out = tmp_path / "nested" / "fc.csv"
+    forecast = ["forecast", str(tmp_path / "runs" / "m"), str(data), "--horizon", "1", "-o", str(out)]
+    assert main(forecast) == 2 and not out.parent.exists()
+    assert main([*forecast, "--parents"]) == 0 and out.is_file()
+    with pytest.raises(ValueError, match="output folder"):
+        from ctflow import Forecaster
+
+        Forecaster.load(tmp_path / "runs" / "m").save(tmp_path / "elsewhere" / "m")
 
 
 def test_a_failed_write_keeps_the_old_file_and_leaves_nothing_behind(tmp_path):

@@ -24,6 +24,7 @@ def test_round_trip_and_rng_restore(tmp_path):
     opt.step()
     rng = capture_rng_state()
     expected = (random.random(), np.random.rand(), torch.rand(2))
+    (tmp_path / "sub").mkdir()
     path = save_checkpoint(
         tmp_path / "sub" / "ck.pt",
         {"model": model.state_dict(), "opt": opt.state_dict(), "rng": rng, "step": 7},
@@ -62,7 +63,7 @@ def test_errors(tmp_path):
 
 def test_atomic_write_replaces_whole_files_or_nothing(tmp_path):
     target = tmp_path / "sub" / "out.json"
-    assert atomic_write(target, lambda tmp: tmp.write_text("first")) == target
+    assert atomic_write(target, lambda tmp: tmp.write_text("first"), parents=True) == target
     assert target.read_text() == "first"
 
     def fail(tmp):
