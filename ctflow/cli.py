@@ -212,6 +212,12 @@ def add_fit_parser(commands: argparse._SubParsersAction) -> None:
     p.add_argument("--static", metavar="STATIC.csv", help=STATIC_HELP)
     p.add_argument("--parents", action="store_true", help=PARENTS_HELP)
     p.add_argument(
+        "--support",
+        nargs="+",
+        metavar="COL=KIND",
+        help="bounded targets: COL=positive or COL=LOW,HIGH (e.g. conc=positive frac=0,1); others real",
+    )
+    p.add_argument(
         "--exog-cols",
         nargs="+",
         metavar="NAME",
@@ -226,6 +232,26 @@ def add_fit_parser(commands: argparse._SubParsersAction) -> None:
         "the flag alone: none)",
     )
     p.set_defaults(func=run_fit)
+
+
+def _support(texts: Sequence[str] | None) -> dict[str, Any] | None:
+    """``{column: "positive" | (low, high) | "real"}`` from ``COL=KIND`` texts."""
+    if not texts:
+        return None
+    out: dict[str, Any] = {}
+    for text in texts:
+        column, sep, kind = text.partition("=")
+        if not sep or not column:
+            raise InputError(f"--support {text!r}: expected COL=positive or COL=LOW,HIGH")
+        if kind in ("positive", "real"):
+            out[column] = kind
+            continue
+        try:
+            low, high = (float(v) for v in kind.split(","))
+        except ValueError:
+            raise InputError(f"--support {text!r}: expected COL=positive or COL=LOW,HIGH") from None
+        out[column] = (low, high)
+    return out
 
 
 def _model_from_settings(name: str, assignments: Sequence[str]) -> dict[str, Any]:
@@ -264,6 +290,7 @@ def run_fit(args: argparse.Namespace) -> int:
         _check_column(df, col, args.data, "input")
     if args.future_exog_cols is not None and not args.exog_cols:
         raise InputError("--future-exog-cols needs --exog-cols")
+    support = _support(args.support)
     est = Forecaster(
         model=model,
         max_steps=args.max_steps,
@@ -277,6 +304,7 @@ def run_fit(args: argparse.Namespace) -> int:
         random_state=args.seed,
         device=args.device,
         verbose=args.verbose,
+        support=support,
     )
     est.fit(
         df,

@@ -123,3 +123,19 @@ def test_non_negative_columns_are_pointed_out(caplog):
             df.assign(frac=df["frac"] - 0.5)
         )
     assert "no negative value" not in caplog.text
+
+
+def test_the_command_line_declares_supports(tmp_path, capsys):
+    import json
+
+    from ctflow.cli import main
+
+    data = tmp_path / "p.csv"
+    _positive_panel(8).to_csv(data, index=False)
+    model = tmp_path / "m"
+    args = ["fit", str(data), "--out", str(model), "--max-steps", "2", "--val-fraction", "0"]
+    assert main([*args, "--support", "conc=positive", "frac=0,1"]) == 0
+    config = json.loads((model / "config.json").read_text())
+    assert config["fitted"]["support"]["kinds"] == ["positive", "interval"]
+    assert main([*args, "--support", "conc"]) == 2
+    assert "--support 'conc': expected COL=positive or COL=LOW,HIGH" in capsys.readouterr().err
