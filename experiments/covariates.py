@@ -257,6 +257,23 @@ def report(result: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def merge(results: list[dict[str, Any]]) -> dict[str, Any]:
+    """One result from several runs (their runs joined per study, their commands and notes listed)."""
+    runs: dict[str, list] = {}
+    for result in results:
+        for study, items in result["runs"].items():
+            runs.setdefault(study, []).extend(items)
+    commands = "; ".join(r["command"] for r in results)
+    notes = "; ".join(sorted({r["note"] for r in results}))
+    return {
+        "command": commands,
+        "threads": 1,
+        "note": notes,
+        "params": [r["params"] for r in results],
+        "runs": runs,
+    }
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--studies", nargs="+", default=["pk", "quinidine"], choices=["pk", "quinidine"])
@@ -267,7 +284,15 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--tag", default="")
     p.add_argument("--quick", action="store_true", help="tiny budgets, nothing written without --tag")
     p.add_argument("--note", default="", help="what else ran on the machine")
+    p.add_argument("--merge", nargs="+", default=None, help="combine these result JSON files into one report")
     args = p.parse_args(argv)
+    if args.merge:
+        merged = merge([json.loads(open(path).read()) for path in args.merge])
+        stem = "covariates" + (f"_{args.tag}" if args.tag else "")
+        write_result(RESULTS / f"{stem}.json", json.dumps(merged, indent=2, default=float))
+        write_result(RESULTS / f"{stem}.md", report(merged))
+        print(report(merged))
+        return
     torch.set_num_threads(1)
     params = {**args.params, **(QUICK if args.quick else {})}
     runs: dict[str, list] = {}
