@@ -39,6 +39,7 @@ os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 import argparse
 import json
 import time
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -287,7 +288,7 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--merge", nargs="+", default=None, help="combine these result JSON files into one report")
     args = p.parse_args(argv)
     if args.merge:
-        merged = merge([json.loads(open(path).read()) for path in args.merge])
+        merged = merge([json.loads(Path(path).read_text()) for path in args.merge])
         stem = "covariates" + (f"_{args.tag}" if args.tag else "")
         write_result(RESULTS / f"{stem}.json", json.dumps(merged, indent=2, default=float))
         write_result(RESULTS / f"{stem}.md", report(merged))
