@@ -182,22 +182,26 @@ def evaluate(
     missing = [c for c in ("actual", "mean", *by) if c not in frame.columns]
     if missing:
         raise ValueError(f"frame has no column(s) {missing}; columns are {list(map(str, frame.columns))}")
-    data = frame[frame["actual"].notna()].copy()
+    data = frame[frame["actual"].notna()]
     keys = list(by)
-    if "horizon" in keys:
-        data["horizon"] = _horizon_groups(data["horizon"], horizon_bins)
     levels = _quantile_columns(data)
-    error = data["mean"] - data["actual"]
-    data["_abs"], data["_sq"] = error.abs(), error**2
+    y = data["actual"].to_numpy(dtype=np.float64)
+    error = data["mean"].to_numpy(dtype=np.float64) - y
+    derived: dict[str, np.ndarray] = {"_abs": np.abs(error), "_sq": error**2}
+    if "horizon" in keys:
+        derived["_horizon"] = _horizon_groups(data["horizon"], horizon_bins).to_numpy()
+        keys[keys.index("horizon")] = "_horizon"
     if "crps" not in data.columns and levels:
-        y = data["actual"].to_numpy()
         losses = [np.maximum(q * (y - data[c]), (q - 1) * (y - data[c])) for q, c in levels.items()]
-        data["crps"] = 2 * np.mean(losses, axis=0)
+        derived["crps"] = 2 * np.mean(losses, axis=0)
     pairs = [(q, 1 - q) for q in levels if q < 0.5 and any(abs(1 - q - r) < 1e-9 for r in levels)]
     for low, high in pairs:
         high_col = levels[min(levels, key=lambda r: abs(r - high))]
-        inside = (data["actual"] >= data[levels[low]]) & (data["actual"] <= data[high_col])
-        data[f"coverage_{round(100 * (high - low))}"] = inside.astype(float)
+        inside = (y >= data[levels[low]].to_numpy()) & (y <= data[high_col].to_numpy())
+        derived[f"coverage_{round(100 * (high - low))}"] = inside.astype(float)
+    data = pd.concat(
+        [data[[c for c in data.columns if c not in derived]], pd.DataFrame(derived, index=data.index)], axis=1
+    )
     columns = {"n": ("actual", "size")}
     if "crps" in metrics and "crps" in data.columns:
         columns["crps"] = ("crps", "mean")
@@ -211,4 +215,5 @@ def evaluate(
             columns[name] = (name, "mean")
     if not keys:
         return data.assign(_all=0).groupby("_all").agg(**columns).reset_index(drop=True)
-    return data.groupby(keys, sort=True, observed=True).agg(**columns).reset_index()
+    out = data.groupby(keys, sort=True, observed=True).agg(**columns).reset_index()
+    return out.rename(columns={"_horizon": "horizon"})

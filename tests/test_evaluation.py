@@ -131,9 +131,8 @@ def test_evaluate_scores_by_variable_and_horizon():
 def test_quantile_crps_approaches_the_exact_crps_of_a_normal():
     levels = np.linspace(0.005, 0.995, 199)
     normal = torch.distributions.Normal(0.0, 1.0)
-    frame = pd.DataFrame({"actual": [0.7], "mean": [0.0]})
-    for q in levels:
-        frame[f"q{100 * q:g}"] = float(normal.icdf(torch.tensor(q)))
+    quantiles = {f"q{100 * q:g}": [float(normal.icdf(torch.tensor(q)))] for q in levels}
+    frame = pd.DataFrame({"actual": [0.7], "mean": [0.0], **quantiles})
     z = 0.7
     exact = (
         z * (2 * normal.cdf(torch.tensor(z)) - 1)
