@@ -28,8 +28,9 @@ CRPS. Scores are in units of the training concentrations' standard deviation.
 
 writes ``experiments/results/covariates[_NAME].{md,json}``; ``--merge A.json B.json --tag NAME``
 combines runs. The recorded PK results (``covariates_pk.md``) ran ``--studies pk --subjects 1000
---params '{"max_steps": 3000, "support": {"conc": "positive"}}'`` once per seed. The PhysioNet 2012 figures with and
-without the static descriptors come from ``python -m experiments.physionet2012 --static``.
+--params '{"max_steps": 3000, "support": {"conc": "positive"}}'`` once per seed. The PhysioNet
+2012 figures with and without the static descriptors come from ``python -m
+experiments.physionet2012 --static``.
 """
 
 from __future__ import annotations
