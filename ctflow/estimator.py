@@ -109,6 +109,17 @@ def _check_target_columns(df: pd.DataFrame, id_col: str, values: Sequence[str]) 
         )
 
 
+def _complementary_rows(rows: pd.Index, train_rows: pd.Index) -> bool:
+    """Whether two frames' row labels are disjoint integers that together fill one range, as the
+    two sides of a row-wise split of one frame with a default index are."""
+    if not (pd.api.types.is_integer_dtype(rows.dtype) and pd.api.types.is_integer_dtype(train_rows.dtype)):
+        return False
+    if len(rows.intersection(train_rows)):
+        return False
+    union = rows.append(train_rows)
+    return bool(union.is_unique and union.max() - union.min() + 1 == len(union))
+
+
 def _report_unobserved(series: PreparedSeries, variables: Sequence[str]) -> None:
     """Log the series of a context that have never observed some variable (their forecasts of it
     rest on what the model learned from other series)."""
@@ -955,11 +966,12 @@ class Forecaster(BaseEstimator):
 
     def _refuse_split_series(self, context: PreparedSeries, rows: pd.Index) -> None:
         """A ValueError when ``context`` holds some, but not all, of a training series' rows up to
-        its last training time and its row labels are none of the training frame's: rows of one
-        frame split between fitting and scoring (a row-wise ``KFold``). Scoring the training rows
-        themselves, them with later rows, or another frame (with labels of its own) is allowed."""
+        its last training time, and its row labels and the training frame's are disjoint integers
+        that together fill one range: the rows of one frame split between fitting and scoring (a
+        row-wise ``KFold``). Scoring the training rows themselves, them with later rows, or another
+        frame is allowed."""
         spans = getattr(self, "train_spans_", None)
-        if spans is None or len(rows.intersection(self.train_rows_)):
+        if spans is None or not _complementary_rows(rows, self.train_rows_):
             return
         shared = spans.reindex(context.ids)
         known = shared["rows"].notna().to_numpy()

@@ -66,6 +66,13 @@ def test_readme_python_examples_run(tmp_path, monkeypatch):
         return real_loader(min(n_series, 40), *args, **kwargs)
 
     monkeypatch.setattr(ctflow.data, "load_double_ou", small_double_ou)
+    real_pbcseq = ctflow.data.load_pbcseq
+
+    def small_pbcseq(*args, **kwargs):
+        df = real_pbcseq(*args, **kwargs)
+        return df[df["unique_id"].isin(df["unique_id"].unique()[:270])]  # 20 test patients
+
+    monkeypatch.setattr(ctflow.data, "load_pbcseq", small_pbcseq)
     code = Forecaster.__init__.__code__
     names = code.co_varnames[1 : code.co_argcount]  # every parameter after self has a default
     defaults = dict(zip(names, Forecaster.__init__.__defaults__, strict=True))
