@@ -30,6 +30,7 @@ import torch
 
 from ctflow import Forecaster
 from ctflow.baselines import LastValueBaseline
+from ctflow.checkpoint import atomic_write
 from experiments.forecast_study import CONFIGS, load, scores
 from experiments.results_io import RESULTS
 
@@ -68,9 +69,9 @@ def main() -> None:
     print("(NLL: one-step-ahead, nats per observed value, original units of the log labs;")
     print(" CRPS and coverage: second half of each patient's visits from the first half, standardised)")
 
-    args.out_dir.mkdir(parents=True, exist_ok=True)
     csv = args.out_dir / "demo_forecast.csv"
-    fc.to_frame(quantiles=(0.025, 0.1, 0.5, 0.9, 0.975)).to_csv(csv, index=False)
+    table = fc.to_frame(quantiles=(0.025, 0.1, 0.5, 0.9, 0.975))
+    atomic_write(csv, lambda tmp: table.to_csv(tmp, index=False), parents=True)
     ids = target["unique_id"].value_counts().index[:3]
     fig, axes = plt.subplots(3, 3, figsize=(12, 7), sharex="col")
     for col, sid in enumerate(ids):
@@ -83,7 +84,7 @@ def main() -> None:
         ax.set_xlabel("years since registration")
     fig.tight_layout()
     png = args.out_dir / "demo_forecast.png"
-    fig.savefig(png, dpi=110)
+    atomic_write(png, lambda tmp: fig.savefig(tmp, format="png", dpi=110))
     print(f"\nwrote {csv} and {png}")
 
 
