@@ -20,9 +20,10 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from ..checks import positive_int, probability
+from ..checks import choice, positive_int, probability
 from ..data.irregular import IrregularBatch
 from ..dynamics.gru_ode import GRUBayes, GRUODECell, InputJump
+from ..dynamics.neural_flows import FLOWS, build_flow
 from ..ode import NFECounter, SolverOptions, fixed_step_plan
 from .base import QueryInputs, SequenceModel
 from .emissions import LastValueEmission, MaskedEmission, resolve_emission
@@ -172,6 +173,11 @@ class GRUODEBayes(SequenceModel):
             after the cut as forecasting will. None: every input.
         solver: integration between observations (fixed-step ``euler``/``midpoint``/``rk4`` with
             ``step_size`` the largest step in time units, or adaptive ``dopri5`` etc.).
+        dynamics: ``"ode"`` (the GRU-ODE, integrated by ``solver``) or a neural flow that gives
+            the state after an interval in one call, without a solver
+            (:mod:`ctflow.dynamics.neural_flows`: ``"gru_flow"``, ``"resnet_flow"``,
+            ``"coupling_flow"``; Biloš et al. 2021, "Neural Flows: Efficient Alternative to
+            Neural ODEs").
         post_jump_weight: weight of the post-jump negative log-likelihood in the loss.
         update_dropout: in training, the probability that an observation row is scored but not
             used to update the state, so the model also learns to predict further ahead than the
@@ -216,6 +222,7 @@ class GRUODEBayes(SequenceModel):
         n_inputs: int = 0,
         future_inputs: Sequence[int] | None = None,
         solver: SolverOptions | dict | None = None,
+        dynamics: str = "ode",
         post_jump_weight: float = 0.1,
         update_dropout: float = 0.0,
         forecast_cut: float = 0.0,
@@ -240,7 +247,11 @@ class GRUODEBayes(SequenceModel):
         if self.carry_forward and not isinstance(emission, LastValueEmission):
             emission = LastValueEmission(emission)
         self.emission = emission
-        self.ode = GRUODECell(hidden_size, context_dim=static_dim)
+        self.dynamics = choice(dynamics, "dynamics", ("ode", *FLOWS))
+        if self.dynamics == "ode":
+            self.ode = GRUODECell(hidden_size, context_dim=static_dim)
+        else:
+            self.flow = build_flow(self.dynamics, hidden_size)
         self.bayes = GRUBayes(n_variables, emission.n_statistics, prep_hidden, hidden_size)
         self.static_dim = static_dim
         self._register_inputs(n_inputs, future_inputs)
@@ -326,10 +337,15 @@ class GRUODEBayes(SequenceModel):
         return [to_mean, to_line, torch.log1p(n)]
 
     def _plan(self, dts: Tensor) -> list[int | None]:
-        """Fixed-step step counts for each column of intervals ``dts (B, K)`` (one device read)."""
+        """Fixed-step step counts for each column of intervals ``dts (B, K)`` (one device read;
+        none for a neural flow)."""
+        if self.dynamics != "ode":
+            return [None] * dts.shape[1]
         return fixed_step_plan(dts, self.solver)
 
     def _advance(self, h: Tensor, dt: Tensor, n_steps: int | None, static: Tensor | None = None) -> Tensor:
+        if self.dynamics != "ode":
+            return self.flow(h, dt)  # F(h, 0) = h: padding intervals leave the state as it is
         return self._integrate(self.ode.bind(static), h, dt, self.solver, n_steps, self.nfe)
 
     # ------------------------------------------------------------------ sequence-model API
@@ -460,4 +476,6 @@ class GRUODEBayes(SequenceModel):
 
     def extra_repr(self) -> str:
         solver = f"solver={self.solver.method}, step_size={self.solver.step_size}"
+        if self.dynamics != "ode":
+            solver = f"dynamics={self.dynamics}"
         return f"{solver}, carry_forward={self.carry_forward}, trend={self.trend}"

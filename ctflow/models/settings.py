@@ -25,6 +25,7 @@ from typing import Any, ClassVar
 from sklearn.base import BaseEstimator
 
 from ..checks import choice, positive_int, probability, real_number
+from ..dynamics.neural_flows import FLOWS
 from ..ode import SOLVERS
 from ..sde import SDE_METHODS
 from .base import SequenceModel
@@ -92,6 +93,9 @@ class GRUODEBayesSettings(ModelSettings):
             stable for any step); ``step_size`` is in units of the median gap between a series'
             consecutive training observations, and an interval takes at most
             ``max_steps_per_interval`` steps.
+        dynamics: ``"ode"`` (the GRU-ODE and ``solver``) or a neural flow between observations
+            (``"gru_flow"``, ``"resnet_flow"``, ``"coupling_flow"``): the state after an interval
+            in one network call, no solver.
         post_jump_weight: weight of the post-jump likelihood in the loss (0: it adds little with
             the carried last values and costs an emission pass).
         carry_forward, trend: the emission models the change from each variable's last value,
@@ -117,6 +121,7 @@ class GRUODEBayesSettings(ModelSettings):
         trend: bool = True,
         forecast_cut: float = 0.5,
         update_dropout: float = 0.0,
+        dynamics: str = "ode",
     ):
         self.hidden_size = hidden_size
         self.p_hidden = p_hidden
@@ -131,9 +136,11 @@ class GRUODEBayesSettings(ModelSettings):
         self.trend = trend
         self.forecast_cut = forecast_cut
         self.update_dropout = update_dropout
+        self.dynamics = dynamics
 
     def model_kwargs(self) -> dict[str, Any]:
         kwargs = {
+            "dynamics": choice(self.dynamics, "dynamics", ("ode", *FLOWS)),
             "hidden_size": positive_int(self.hidden_size, "hidden_size"),
             "p_hidden": positive_int(self.p_hidden, "p_hidden"),
             "prep_hidden": positive_int(self.prep_hidden, "prep_hidden"),

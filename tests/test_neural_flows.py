@@ -1,0 +1,74 @@
+"""Neural flows: identity at t = 0, invertible in h, Lipschitz-bounded residuals, and a GRU-ODE-Bayes
+that uses them between observations."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from ctflow import Forecaster, cross_validation
+from ctflow.baselines import LastValueBaseline
+from ctflow.data import from_dataframe, load_double_ou
+from ctflow.dynamics.neural_flows import FLOWS, build_flow
+from ctflow.metrics import evaluate
+from ctflow.models import GRUODEBayes
+
+
+def _perturbed(name: str, dim: int = 6):
+    torch.manual_seed(0)
+    flow = build_flow(name, dim).double()
+    with torch.no_grad():
+        for p in flow.parameters():
+            p.add_(0.5 * torch.randn_like(p))  # far from the initialisation: the bounds must still hold
+    return flow
+
+
+@pytest.mark.parametrize("name", sorted(FLOWS))
+def test_flows_are_the_identity_at_zero_and_invertible(name):
+    flow = _perturbed(name)
+    h = torch.randn(64, 6, dtype=torch.float64)
+    t = 5 * torch.rand(64, dtype=torch.float64)
+    assert torch.equal(flow(h, torch.zeros(64, dtype=torch.float64)), h)
+    y = flow(h, t)
+    assert (y - h).abs().max() > 1e-3  # it does move
+    torch.testing.assert_close(flow.inverse(y, t), h, rtol=1e-9, atol=1e-9)
+    h.requires_grad_(True)
+    flow(h, t).square().sum().backward()
+    assert all(torch.isfinite(p.grad).all() for p in flow.parameters() if p.grad is not None)
+    assert torch.isfinite(h.grad).all()
+
+
+@pytest.mark.parametrize("name", ["resnet_flow", "gru_flow"])
+def test_residual_flows_keep_their_lipschitz_bound_below_one(name):
+    flow = _perturbed(name)
+    h = 3 * torch.randn(500, 6, dtype=torch.float64)
+    other = h + 0.5 * torch.randn_like(h)
+    t = 10 * torch.rand(500, dtype=torch.float64)
+    change = (flow(h, t) - h) - (flow(other, t) - other)
+    assert float((change.norm(dim=1) / (h - other).norm(dim=1)).max()) < 1.0
+
+
+def test_a_flow_model_runs_series_in_lockstep_as_one_by_one():
+    batch = from_dataframe(load_double_ou(6, seed=0, t_max=3.0), dtype=torch.float64)
+    torch.manual_seed(0)
+    model = GRUODEBayes(2, hidden_size=8, p_hidden=8, prep_hidden=4, dynamics="gru_flow").double().eval()
+    together = model.nll_terms(batch)[0]
+    alone = sum(model.nll_terms(batch.select([i], trim=True))[0] for i in range(len(batch)))
+    torch.testing.assert_close(together, alone, rtol=1e-12, atol=1e-12)  # no solver steps to differ
+    with pytest.raises(
+        ValueError, match="unknown dynamics 'euler_flow'; valid: ode, resnet_flow, gru_flow, coupling_flow"
+    ):
+        GRUODEBayes(2, dynamics="euler_flow")
+
+
+def test_a_fitted_gru_flow_model_beats_persistence_on_double_ou():
+    train, test = load_double_ou(100, seed=0), load_double_ou(30, seed=1)
+    settings = {"name": "gru_ode_bayes", "dynamics": "gru_flow", "hidden_size": 16, "p_hidden": 16}
+    model = Forecaster(model=settings, max_steps=100, val_fraction=0.0, random_state=0).fit(train)
+    assert model.model_.dynamics == "gru_flow" and not hasattr(model.model_, "ode")
+    ours = evaluate(cross_validation(model, test, horizon=1.0, n_samples=100), by=())
+    naive = LastValueBaseline(random_state=0).fit(train)
+    theirs = evaluate(cross_validation(naive, test, horizon=1.0, n_samples=100), by=())
+    assert float(ours["crps"].iloc[0]) < 0.85 * float(theirs["crps"].iloc[0])
+    assert np.isfinite(model.score(test))
