@@ -139,8 +139,8 @@ class GRUODEBayesSettings(ModelSettings):
         self.dynamics = dynamics
 
     def model_kwargs(self) -> dict[str, Any]:
+        dynamics = choice(self.dynamics, "dynamics", ("ode", *FLOWS))
         kwargs = {
-            "dynamics": choice(self.dynamics, "dynamics", ("ode", *FLOWS)),
             "hidden_size": positive_int(self.hidden_size, "hidden_size"),
             "p_hidden": positive_int(self.p_hidden, "p_hidden"),
             "prep_hidden": positive_int(self.prep_hidden, "prep_hidden"),
@@ -157,6 +157,8 @@ class GRUODEBayesSettings(ModelSettings):
             kwargs["emission_options"] = {"linear_skip": "features"} if gaussian else {}
         if kwargs["trend"] and not kwargs["carry_forward"]:
             raise ValueError("trend=True needs carry_forward=True")
+        if dynamics != "ode":  # the GRU-ODE's models keep the arguments they were saved with
+            kwargs["dynamics"] = dynamics
         return kwargs
 
 
