@@ -46,12 +46,18 @@ class TimeEmbedding(nn.Module):
 
 
 class SpectralLinear(nn.Linear):
-    """A linear map divided by its largest singular value where that exceeds 1 (computed exactly
-    at every call, so the bound holds whatever the optimiser did to the weights)."""
+    """A linear map divided by its largest singular value where that exceeds 1. The value is
+    computed exactly (not by power iteration, so the bound holds whatever the optimiser did to
+    the weights), once per version of the weights, and held constant in the gradient, as a
+    projection."""
 
     def forward(self, x: Tensor) -> Tensor:
-        sigma = torch.linalg.matrix_norm(self.weight, ord=2)
-        return nn.functional.linear(x, self.weight / sigma.clamp_min(1.0), self.bias)
+        key = (self.weight._version, self.weight.data_ptr(), self.weight.device)
+        if getattr(self, "_sigma_key", None) != key:
+            with torch.no_grad():
+                self._sigma = torch.linalg.matrix_norm(self.weight, ord=2).clamp_min(1.0)
+            self._sigma_key = key
+        return nn.functional.linear(x, self.weight / self._sigma, self.bias)
 
 
 def _sn_linear(n_in: int, n_out: int) -> nn.Module:
