@@ -630,13 +630,11 @@ class Forecaster(BaseEstimator):
         if grid.inputs is None:
             return None
         values = grid.inputs[rows] / self.scaling_.input_scale
-        is_query = np.zeros(grid.times.shape, dtype=bool)
-        is_query[grid.series, grid.slot] = True
 
         def tensor(x: np.ndarray) -> torch.Tensor:
             return torch.as_tensor(x, dtype=like.dtype).to(like.device)
 
-        return QueryInputs(tensor(values), tensor(grid.input_mask[rows]), tensor(is_query[rows]))
+        return QueryInputs(tensor(values), tensor(grid.input_mask[rows]), tensor(grid.is_query[rows]))
 
     def _query_frame(self, context: PreparedSeries, grid: QueryGrid) -> pd.DataFrame:
         ids = pd.Series(context.ids[grid.series])
@@ -706,7 +704,8 @@ class Forecaster(BaseEstimator):
                     out[:, sel] = self._to_data(draws[:, local, grid.slot[sel]])
                 if means is not None:
                     predictive = predictive or model.predict(state, qt, inputs)
-                    means[sel] = self._data_means(predictive, local, grid.slot[sel])
+                    drawn = out[:, sel] if n_samples else None  # every path's marginal is the predictive's
+                    means[sel] = self._data_means(predictive, local, grid.slot[sel], drawn)
         self._check_finite(context, grid, out, means)
         return out, means
 
@@ -714,13 +713,17 @@ class Forecaster(BaseEstimator):
         """Model units to the data's: undo the scaling, then the support's bijection."""
         return self.support_.inverse(self.scaling_.values_from_model(x.double().cpu().numpy()))
 
-    def _data_means(self, predictive: Any, local: np.ndarray, slots: np.ndarray) -> np.ndarray:
+    def _data_means(
+        self, predictive: Any, local: np.ndarray, slots: np.ndarray, draws: np.ndarray | None = None
+    ) -> np.ndarray:
         """Predictive means ``(Q, D)`` in the data's units: exact for real variables, the mean of
-        ``n_samples`` draws for bounded ones (the bijection does not commute with the mean)."""
+        draws for bounded ones (the bijection does not commute with the mean): ``draws (n, Q, D)``
+        in the data's units when the caller has them, else ``n_samples`` new ones."""
         means = self.scaling_.values_from_model(predictive.mean()[local, slots].double().cpu().numpy())
         if self.support_.bounded:
             bounded = np.array([k != "real" for k in self.support_.kinds])
-            draws = self._to_data(predictive.sample(self._n(None))[:, local, slots])
+            if draws is None:
+                draws = self._to_data(predictive.sample(self._n(None))[:, local, slots])
             means[:, bounded] = draws.mean(0)[:, bounded]
         return means
 

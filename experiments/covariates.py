@@ -91,34 +91,40 @@ def concentrations(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.dropna(subset=["conc"])[["id", "ds", "conc"]].reset_index(drop=True)
 
 
-def run_pk(seed: int, n_train: int, n_test: int, params: dict[str, Any]) -> dict[str, Any]:
-    split = pk_split(n_train, n_test, seed)
+def compare(split: dict[str, Any], static: pd.DataFrame, seed: int, params: dict[str, Any]) -> dict[str, Any]:
+    """The Forecaster without covariates, with them (doses as known-future inputs, the static
+    frame) and persistence, fitted on ``split["train"]`` and scored on its targets given its
+    context (units of the training concentrations' standard deviation)."""
     target, names = split["target"], {"id_col": "id", "time_col": "ds"}
     queries = target[["id", "ds"]]
     scale = float(concentrations(split["train"])["conc"].std())
     out: dict[str, Any] = {"seed": seed, "n_target_values": len(target)}
-    train, context = split["train"], split["context"]
-
     t0 = time.perf_counter()
-    plain = Forecaster(random_state=seed, **params).fit(concentrations(train), **names)
+    plain = Forecaster(random_state=seed, **params).fit(concentrations(split["train"]), **names)
     out["plain_fit_seconds"] = time.perf_counter() - t0
-    fc = plain.forecast(concentrations(context), times=queries, n_samples=N_SAMPLES)
+    fc = plain.forecast(concentrations(split["context"]), times=queries, n_samples=N_SAMPLES)
     out["plain"] = _crps_scores(fc, target, scale)
-
     t0 = time.perf_counter()
     covariate = Forecaster(random_state=seed, **params).fit(
-        train, value_cols=["conc"], exog_cols=["dose"], static_df=split["static"], **names
+        split["train"], value_cols=["conc"], exog_cols=["dose"], static_df=static, **names
     )
     out["covariates_fit_seconds"] = time.perf_counter() - t0
     fc = covariate.forecast(
-        context, times=queries, n_samples=N_SAMPLES, static_df=split["static"], future_df=split["future"]
+        split["context"], times=queries, n_samples=N_SAMPLES, static_df=static, future_df=split["future"]
     )
     out["covariates"] = _crps_scores(fc, target, scale)
-
     naive = LastValueBaseline(random_state=seed).fit(concentrations(split["train"]), **names)
     fc = naive.forecast(concentrations(split["context"]), times=queries, n_samples=N_SAMPLES)
     out["persistence"] = _crps_scores(fc, target, scale)
+    out["ratio_vs_plain"] = out["covariates"]["crps"] / out["plain"]["crps"]
+    out["ratio_vs_persistence"] = out["covariates"]["crps"] / out["persistence"]["crps"]
+    return out
 
+
+def run_pk(seed: int, n_train: int, n_test: int, params: dict[str, Any]) -> dict[str, Any]:
+    split = pk_split(n_train, n_test, seed)
+    out = compare(split, split["static"], seed, params)
+    target, scale = split["target"], float(concentrations(split["train"])["conc"].std())
     truth = split["truth"]
     ids, times, y = target["id"].to_numpy(), target["ds"].to_numpy(), target["conc"].to_numpy()
     draws = truth.sample(ids, times, N_SAMPLES, seed=seed)
@@ -130,7 +136,6 @@ def run_pk(seed: int, n_train: int, n_test: int, params: dict[str, Any]) -> dict
         "coverage_95": float(((y >= lo95) & (y <= hi95)).mean()),
         "mse": float((((draws.mean(0) - y) / scale) ** 2).mean()),
     }
-    out["ratio_vs_plain"] = out["covariates"]["crps"] / out["plain"]["crps"]
     out["ratio_vs_oracle"] = out["covariates"]["crps"] / out["oracle"]["crps"]
     return out
 
@@ -179,31 +184,7 @@ def quinidine_split(rows: pd.DataFrame, seed: int) -> dict[str, pd.DataFrame]:
 def run_quinidine(
     seed: int, params: dict[str, Any], rows: pd.DataFrame, static: pd.DataFrame
 ) -> dict[str, Any]:
-    split = quinidine_split(rows, seed)
-    target, names = split["target"], {"id_col": "id", "time_col": "ds"}
-    queries = target[["id", "ds"]]
-    scale = float(concentrations(split["train"])["conc"].std())
-    out: dict[str, Any] = {"seed": seed, "n_target_values": len(target)}
-    t0 = time.perf_counter()
-    plain = Forecaster(random_state=seed, **params).fit(concentrations(split["train"]), **names)
-    out["plain_fit_seconds"] = time.perf_counter() - t0
-    fc = plain.forecast(concentrations(split["context"]), times=queries, n_samples=N_SAMPLES)
-    out["plain"] = _crps_scores(fc, target, scale)
-    t0 = time.perf_counter()
-    covariate = Forecaster(random_state=seed, **params).fit(
-        split["train"], value_cols=["conc"], exog_cols=["dose"], static_df=static, **names
-    )
-    out["covariates_fit_seconds"] = time.perf_counter() - t0
-    fc = covariate.forecast(
-        split["context"], times=queries, n_samples=N_SAMPLES, static_df=static, future_df=split["future"]
-    )
-    out["covariates"] = _crps_scores(fc, target, scale)
-    naive = LastValueBaseline(random_state=seed).fit(concentrations(split["train"]), **names)
-    fc = naive.forecast(concentrations(split["context"]), times=queries, n_samples=N_SAMPLES)
-    out["persistence"] = _crps_scores(fc, target, scale)
-    out["ratio_vs_plain"] = out["covariates"]["crps"] / out["plain"]["crps"]
-    out["ratio_vs_persistence"] = out["covariates"]["crps"] / out["persistence"]["crps"]
-    return out
+    return compare(quinidine_split(rows, seed), static, seed, params)
 
 
 # ---------------------------------------------------------------------------------- report

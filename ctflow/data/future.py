@@ -15,7 +15,7 @@ import numpy as np
 import pandas as pd
 
 from .irregular import show_label
-from .prepare import PreparedSeries, QueryGrid, _check_hashable
+from .prepare import PreparedSeries, QueryGrid, _check_hashable, encode_finite_times, series_positions
 from .timecodec import TimeCodec
 
 __all__ = ["FutureInputs", "check_future_frame", "merge_future_inputs"]
@@ -64,21 +64,14 @@ def check_future_frame(
         if pd.api.types.is_bool_dtype(dtype) or not pd.api.types.is_numeric_dtype(dtype):
             raise TypeError(f"future_df: input column {col!r} must be numeric, got dtype {dtype}")
     _check_hashable(future_df[id_col], "id", id_col, "future_df")
-    times = codec.encode(future_df[time_col], time_col) if len(future_df) else np.zeros(0)
-    bad = ~np.isfinite(times)
-    if bad.any():
-        row = future_df.index[np.flatnonzero(bad)[0]]
-        raise ValueError(
-            f"future_df: column {time_col!r} has a missing or infinite value at row {show_label(row)}"
-        )
+    times = encode_finite_times(future_df, codec, time_col, "future_df")
     given = future_df[list(future_cols)].to_numpy(dtype=np.float64, na_value=np.nan)
     if np.isinf(given).any():
         r, c = np.argwhere(np.isinf(given))[0]
         raise ValueError(
             f"future_df: input {future_cols[c]!r} is infinite at row {show_label(future_df.index[r])}"
         )
-    position = pd.Series(np.arange(len(context)), index=pd.Index(context.ids))
-    series = position.reindex(future_df[id_col].to_numpy()).to_numpy()
+    series = series_positions(context, future_df[id_col])
     unknown = np.isnan(series)
     if unknown.any():
         extra = pd.unique(future_df[id_col].to_numpy()[unknown]).tolist()

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -432,6 +433,33 @@ class QueryGrid:
     def n_queries(self) -> int:
         return len(self.series)
 
+    @cached_property
+    def is_query(self) -> np.ndarray:
+        """``(B, Q)`` True at the cells that are some output row's (not inputs only)."""
+        out = np.zeros(self.times.shape, dtype=bool)
+        out[self.series, self.slot] = True
+        return out
+
+
+def encode_finite_times(frame: pd.DataFrame, codec: TimeCodec, time_col: str, name: str) -> np.ndarray:
+    """The encoded times of ``frame``; a missing or infinite one is a ValueError naming its row."""
+    if len(frame) == 0:
+        return np.zeros(0)
+    encoded = codec.encode(frame[time_col], time_col)
+    bad = ~np.isfinite(encoded)
+    if bad.any():
+        row = show_label(frame.index[np.flatnonzero(bad)[0]])
+        raise ValueError(f"{name}: column {time_col!r} has a missing or infinite value at row {row}")
+    return encoded
+
+
+def series_positions(context: PreparedSeries, ids: pd.Series) -> np.ndarray:
+    """The position in ``context`` of the series of each id (float, NaN for an id it lacks)."""
+    position = pd.Series(np.arange(len(context)), index=pd.Index(context.ids))
+    if not position.index.is_unique:
+        raise ValueError("context series ids are not unique")
+    return position.reindex(ids.to_numpy()).to_numpy()
+
 
 def query_grid(
     context: PreparedSeries,
@@ -462,16 +490,8 @@ def query_grid(
     if len(times) == 0:
         raise ValueError("times is empty (no query rows)")
     _check_hashable(times[id_col], "id", id_col, "times")
-    encoded = codec.encode(times[time_col], time_col)
-    bad = ~np.isfinite(encoded)
-    if bad.any():
-        row = times.index[np.flatnonzero(bad)[0]]
-        where = show_label(row)
-        raise ValueError(f"times: column {time_col!r} has a missing or infinite value at row {where}")
-    position = pd.Series(np.arange(n_series), index=pd.Index(context.ids))
-    if not position.index.is_unique:
-        raise ValueError("context series ids are not unique")
-    series = position.reindex(times[id_col].to_numpy()).to_numpy()
+    encoded = encode_finite_times(times, codec, time_col, "times")
+    series = series_positions(context, times[id_col])
     unknown = np.isnan(series)
     if unknown.any():
         missing = pd.unique(times[id_col].to_numpy()[unknown]).tolist()
