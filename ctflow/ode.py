@@ -30,6 +30,8 @@ __all__ = [
     "integrate_intervals",
     "steps_for",
     "fixed_step_plan",
+    "FUSED_METHODS",
+    "integrate_ragged",
     "integrate_sde_intervals",
     "SDE_METHODS",
     "SolverSpec",
@@ -392,6 +394,9 @@ _FUSED_STEPS: dict[str, _Step] = {
     "midpoint": _midpoint_step,
     "rk4": _rk4_step,
 }
+FUSED_METHODS: tuple[str, ...] = tuple(_FUSED_STEPS)
+"""Fixed-step methods that :func:`integrate_intervals` runs in its own loop, one field evaluation
+per stage and no solver object: cheap enough to be planned step by step."""
 
 
 class _Rescaled(nn.Module):
@@ -421,6 +426,42 @@ def _solve_rescaled(
     if counter is not None:
         counter.add(wrapped.nfe_forward)
     return out
+
+
+def integrate_ragged(
+    field: Callable[[Tensor], Tensor],
+    h: Tensor,
+    step: Tensor,
+    counts: list[int],
+    options: SolverOptions,
+    counter: NFECounter | None = None,
+) -> Tensor:
+    """Fixed steps of a fused method (:data:`FUSED_METHODS`) where rows take different numbers of
+    steps: with the rows of ``h (B, H)`` sorted by their step counts, largest first, step ``t``
+    advances the first ``counts[t]`` rows, row ``b`` by ``step[b]`` time units. A field with a
+    ``first_rows(c)`` method (per-row data, e.g. a bound context) is restricted to those rows;
+    any other field must map rows independently.
+
+    >>> import torch
+    >>> options = SolverOptions("euler", step_size=0.5)
+    >>> h = integrate_ragged(lambda h: -h, torch.ones(3, 1), torch.tensor([0.5, 0.5, 0.5]), [3, 1], options)
+    >>> h.squeeze(1)  # a step of every row, then a second step of the first row only
+    tensor([0.2500, 0.5000, 0.5000])
+    """
+    step_fn = _FUSED_STEPS[options.spec.name]
+    step = step.unsqueeze(-1)
+    restrict = getattr(field, "first_rows", None)
+    done = []  # rows that have taken all their steps, last rows first (views, copied once at the end)
+    for c in counts:
+        if c < h.shape[0]:
+            done.append(h[c:])
+            h = h[:c]
+        if c:
+            h = step_fn(field if restrict is None else restrict(c), h, step[:c])
+    h = torch.cat([h, *reversed(done)]) if done else h
+    if counter is not None:
+        counter.add(len(counts) * options.spec.stages)
+    return h
 
 
 def integrate_intervals(

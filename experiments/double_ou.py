@@ -52,6 +52,7 @@ def run(
     post_jump_weight: float = 0.1,
     target_nll: float | None = None,
     time_budget: float | None = None,
+    stop_at_target: bool = False,
     seed: int = 0,
     n_series: int = 10_000,
     threads: int = 2,
@@ -107,6 +108,8 @@ def run(
         if target_nll is not None and reached_at is None and scores["nll"] <= target_nll:
             reached_at = {"epoch": epoch, "train_seconds": train_seconds}
         if time_budget is not None and train_seconds > time_budget:
+            break
+        if stop_at_target and reached_at is not None:
             break
     return {
         "emission": emission,

@@ -81,6 +81,10 @@ class BoundGRUODE(nn.Module):
     def rate_and_target(self, h: Tensor) -> tuple[Tensor, Tensor]:
         return self.cell.rate_and_target(h, self.shift)
 
+    def first_rows(self, n: int) -> BoundGRUODE:
+        """The field of the first ``n`` rows (for :func:`ctflow.ode.integrate_ragged`)."""
+        return BoundGRUODE(self.cell, self.shift[:n])
+
 
 class InputJump(nn.Module):
     """The jump of the hidden state at an exogenous input (a dose, a treatment):

@@ -27,6 +27,7 @@ from torch import Tensor, nn
 
 from ..checks import choice, non_negative_int, positive_int
 from ..data.irregular import IrregularBatch
+from ..dynamics.neural_flows import FLOWS, build_flow
 from ..dynamics.odernn import ODEFunc, ODERNNEncoder
 from ..flows.numerics import shuffled_draws, solve_increasing
 from ..ode import NFECounter, SolverOptions, fixed_step_plan
@@ -152,6 +153,11 @@ class LatentODE(SequenceModel):
         solver: decoder integration (default Euler, largest step 0.25 time units).
         encoder_solver: encoder integration (default: as ``solver``).
         decoder: the decoder's vector field ``f(z)`` (default an MLP with tanh layers).
+        dynamics: ``"ode"`` (the decoder's ODE and an ODE-RNN encoder, integrated by the
+            solvers) or a neural flow (``"gru_flow"``, ``"resnet_flow"``, ``"coupling_flow"``;
+            Biloš et al. 2021, "Neural Flows: Efficient Alternative to Neural ODEs") that gives
+            the latent state a gap later in one call, and the encoder's state likewise: no solver
+            anywhere.
         static_dim: size of static covariates ``s``: the recognition network's summary is
             extended by them, the prior becomes ``N(mu(s), diag sigma(s)^2)`` (standard normal at
             initialisation) and the emission sees ``[z, s]``.
@@ -193,6 +199,7 @@ class LatentODE(SequenceModel):
         static_dim: int = 0,
         n_inputs: int = 0,
         future_inputs: Sequence[int] | None = None,
+        dynamics: str = "ode",
     ):
         super().__init__()
         for name, value in (
@@ -213,12 +220,23 @@ class LatentODE(SequenceModel):
         self.solver = solver or SolverOptions(method="euler", step_size=0.25)
         self._register_inputs(n_inputs, future_inputs)
         self.static_dim = non_negative_int(static_dim, "static_dim")
+        self.flow_dynamics = choice(dynamics, "dynamics", ("ode", *FLOWS))
+        if self.flow_dynamics != "ode" and decoder is not None:
+            raise ValueError(f"decoder is an ODE's vector field; with dynamics={dynamics!r} the flow decodes")
         self.encoder = ODERNNEncoder(
-            n_variables, hidden_size, ode_hidden, encoder_solver or self.solver, n_inputs=self.n_inputs
+            n_variables,
+            hidden_size,
+            ode_hidden,
+            encoder_solver or self.solver,
+            n_inputs=self.n_inputs,
+            dynamics=self.flow_dynamics,
         )
         summary = hidden_size + self.static_dim
         self.posterior = Posterior(latent_dim, summary, posterior, posterior_layers, posterior_hidden)
-        self.decoder = decoder if decoder is not None else ODEFunc(latent_dim, ode_hidden, n_layers=2)
+        if self.flow_dynamics == "ode":
+            self.decoder = decoder if decoder is not None else ODEFunc(latent_dim, ode_hidden, n_layers=2)
+        else:
+            self.flow = build_flow(self.flow_dynamics, latent_dim)
         options = {"hidden": (p_hidden,), **(emission_options or {})}
         self.emission = resolve_emission(emission, n_variables, latent_dim + self.static_dim, options)
         if self.static_dim:
@@ -231,6 +249,8 @@ class LatentODE(SequenceModel):
 
     # ------------------------------------------------------------------ building blocks
     def _advance(self, z: Tensor, dt: Tensor, n_steps: int | None) -> Tensor:
+        if self.flow_dynamics != "ode":
+            return self.flow(z, dt)  # F(z, 0) = z: padding intervals leave the state as it is
         return self._integrate(self.decoder, z, dt, self.solver, n_steps, self.nfe)
 
     def prior_log_prob(self, z: Tensor, static: Tensor | None = None) -> Tensor:
@@ -393,4 +413,9 @@ class LatentODE(SequenceModel):
         return self.emission.sample(h.reshape(-1, h.shape[-1]), 1)[0].view(n, b, q, -1)
 
     def extra_repr(self) -> str:
-        return f"objective={self.objective}, n_samples={self.n_samples}, solver={self.solver.method}"
+        dynamics = (
+            f"solver={self.solver.method}"
+            if self.flow_dynamics == "ode"
+            else f"dynamics={self.flow_dynamics}"
+        )
+        return f"objective={self.objective}, n_samples={self.n_samples}, {dynamics}"

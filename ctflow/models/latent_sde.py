@@ -59,6 +59,10 @@ class LatentSDE(LatentODE):
         **kwargs,
     ):
         choice(sde_method, "sde_method", SDE_METHODS)
+        if kwargs.get("dynamics", "ode") != "ode":
+            raise ValueError(
+                "a LatentSDE's dynamics are its SDE; neural flows replace ODEs (LatentODE, GRUODEBayes)"
+            )
         dynamics = LatentSDEDynamics(latent_dim, hidden_size, ode_hidden, diffusion, learn_diffusion)
         super().__init__(
             n_variables,

@@ -176,6 +176,8 @@ class LatentODESettings(ModelSettings):
             (``eval_samples`` when scoring).
         n_particles: posterior samples behind each forecast (a mixture over them).
         solver, step_size, max_steps_per_interval: integration, as for GRU-ODE-Bayes.
+        dynamics: ``"ode"`` or a neural flow (``"gru_flow"``, ``"resnet_flow"``,
+            ``"coupling_flow"``) as the decoder and between the encoder's observations: no solver.
     """
 
     name = "latent_ode"
@@ -199,6 +201,7 @@ class LatentODESettings(ModelSettings):
         solver: str = "euler",
         step_size: float = 1.0,
         max_steps_per_interval: int = 2,
+        dynamics: str = "ode",
     ):
         self.latent_dim = latent_dim
         self.hidden_size = hidden_size
@@ -215,6 +218,7 @@ class LatentODESettings(ModelSettings):
         self.solver = solver
         self.step_size = step_size
         self.max_steps_per_interval = max_steps_per_interval
+        self.dynamics = dynamics
 
     def model_kwargs(self) -> dict[str, Any]:
         kwargs = {
@@ -230,6 +234,9 @@ class LatentODESettings(ModelSettings):
         kwargs["eval_samples"] = positive_int(self.eval_samples, "eval_samples")
         kwargs["n_particles"] = positive_int(self.n_particles, "n_particles")
         kwargs["solver"] = self._solver()
+        dynamics = choice(self.dynamics, "dynamics", ("ode", *FLOWS))
+        if dynamics != "ode":  # models saved before keep their arguments
+            kwargs["dynamics"] = dynamics
         return kwargs
 
 
