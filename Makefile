@@ -19,9 +19,12 @@ $(STAMP): $(PY) pyproject.toml
 demo: $(STAMP)
 	$(PY) -m experiments.demo
 
+# Two test processes (the machines this runs on have two cores; each test runs one thread), then
+# the tests that start processes of their own, alone.
 test: $(STAMP)
 	$(PY) -m ruff check ctflow tests experiments
-	$(PY) -m pytest
+	$(PY) -m pytest -n 2 -m "not processes"
+	$(PY) -m pytest -m processes
 
 lint: $(STAMP)
 	$(PY) -m ruff check ctflow tests experiments

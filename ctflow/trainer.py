@@ -330,6 +330,10 @@ class Trainer:
         self.order: Tensor | None = None
         self._wrapped: nn.Module | None = None
         self._call_start, self._elapsed_before = time.perf_counter(), 0.0
+        if resume and self.dist.world_size > 1:
+            # Rank 0 writes the checkpoint that every rank resumes from: none may look for it
+            # before rank 0 is done writing (a rank that missed it would start afresh, alone).
+            self.dist.barrier()
         if resume and self.checkpoint_path is not None and self.checkpoint_path.is_file():
             self.load(self.checkpoint_path)
 

@@ -76,5 +76,8 @@ def run_torchrun(script, nproc: int = 2, timeout: float = 300):
         str(script),
     ]
     done = subprocess.run(cmd, env=env, capture_output=True, timeout=timeout)
-    assert done.returncode == 0, done.stderr.decode()[-3000:]
+    if done.returncode != 0:
+        err = done.stderr.decode()
+        ranks = [line for line in err.splitlines() if line.lstrip().startswith("[rank")]
+        pytest.fail("\n".join(ranks[-60:]) + "\n" + err[-3000:])
     return done

@@ -67,6 +67,7 @@ SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.processes
 def test_two_gloo_processes_train_like_one_process_with_the_doubled_batch(tmp_path):
     script = tmp_path / "ddp.py"
     out = str(tmp_path / "ddp")

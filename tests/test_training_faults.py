@@ -111,6 +111,7 @@ def _run_script(tmp_path: Path, kill: bool, out: Path, ckpt: Path) -> subprocess
     return subprocess.run([sys.executable, str(script)], env=env, capture_output=True, timeout=300)
 
 
+@pytest.mark.processes
 def test_sigkill_mid_epoch_then_resume_gives_the_same_weights(tmp_path):
     ckpt = tmp_path / "state.pt"
     killed = _run_script(tmp_path, True, tmp_path / "never.pt", ckpt)
@@ -217,6 +218,7 @@ DDP_SCRIPT = textwrap.dedent(
 )
 
 
+@pytest.mark.processes
 def test_two_gloo_processes_train_like_one_process_with_the_doubled_batch(tmp_path):
     script = tmp_path / "ddp.py"
     out = tmp_path / "weights"

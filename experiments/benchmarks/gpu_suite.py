@@ -40,7 +40,7 @@ SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 # Work per section: the GPU size, and the reduced CPU size.
 SIZES = {
     "cuda": {"maf_batches": (4096, 65536), "cnf_batch": 1024, "ou_series": 10_000, "stays": None, "glow": 64},
-    "cpu": {"maf_batches": (4096, 16384), "cnf_batch": 256, "ou_series": 2_000, "stays": 1_000, "glow": 16},
+    "cpu": {"maf_batches": (4096, 16384), "cnf_batch": 256, "ou_series": 10_000, "stays": 2_000, "glow": 16},
 }
 GLOW = {"cuda": {"n_levels": 2, "steps": 8, "hidden": 128}, "cpu": {"n_levels": 2, "steps": 2, "hidden": 32}}
 REFERENCE = {

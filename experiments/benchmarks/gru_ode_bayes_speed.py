@@ -85,7 +85,7 @@ def epoch_seconds(model: GRUODEBayes, train: IrregularBatch, loss_fn, batch_size
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--epochs", type=int, default=2, help="timed epochs per algorithm (median reported)")
+    p.add_argument("--epochs", type=int, default=5, help="timed epochs per algorithm (median reported)")
     p.add_argument("--n-series", type=int, default=10_000)
     p.add_argument("--threads", type=int, default=1)
     p.add_argument("--device", default="cpu")
@@ -111,14 +111,18 @@ def main() -> None:
         return model, fn
 
     results, blocks = {}, {}
-    trained = None
+    built = {}
     for name, (solver, algorithm) in runs.items():
         torch.manual_seed(0)
-        model, fn = build(solver, algorithm)
-        times = [epoch_seconds(model, train, fn, 500, seed) for seed in range(args.epochs)]
+        built[name] = (*build(solver, algorithm), [])
+    # Epochs interleaved (one of each algorithm in turn), so that the machine's drift hits all alike.
+    for seed in range(args.epochs):
+        for model, fn, times in built.values():
+            times.append(epoch_seconds(model, train, fn, 500, seed))
+    trained = {k: v.detach().clone() for k, v in built["timestamps (Euler dt 0.05)"][0].state_dict().items()}
+    for name, (_, algorithm) in runs.items():
+        model, _, times = built[name]
         results[name] = sorted(times)[len(times) // 2]
-        if trained is None:
-            trained = {k: v.detach().clone() for k, v in model.state_dict().items()}
         first = next(
             iter(iterate_batches(train, 500, shuffle=True, generator=torch.Generator().manual_seed(0)))
         )
