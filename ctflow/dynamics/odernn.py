@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
+from ..checks import choice
 from ..data.irregular import IrregularBatch
 from ..ode import NFECounter, SolverOptions, fixed_step_plan, integrate_intervals
 from .neural_flows import FLOWS, build_flow
@@ -85,8 +86,7 @@ class ODERNNEncoder(nn.Module):
     ):
         super().__init__()
         self.hidden_size, self.n_inputs = hidden_size, n_inputs
-        if dynamics not in ("ode", *FLOWS):
-            raise ValueError(f"dynamics must be 'ode' or one of {sorted(FLOWS)}, got {dynamics!r}")
+        choice(dynamics, "dynamics", ("ode", *FLOWS))
         self.flow = None if dynamics == "ode" else build_flow(dynamics, hidden_size)
         self.field = ODEFunc(hidden_size, ode_hidden, n_layers=1) if self.flow is None else None
         self.cell = nn.GRUCell(2 * (n_variables + n_inputs), hidden_size)
