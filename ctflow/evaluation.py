@@ -77,7 +77,7 @@ def _cutoffs(
         values = list(cutoffs) if not isinstance(cutoffs, str) else [cutoffs]
         if not values:
             raise ValueError("cutoffs is empty")
-        cast = pd.Series(values).astype(df[time_col].dtype) if len(values) else pd.Series(values)
+        cast = pd.Series(values).astype(df[time_col].dtype)
         return pd.DataFrame({id_col: np.repeat(ids, len(cast)), "cutoff": np.tile(cast.to_numpy(), len(ids))})
     n_windows = positive_int(n_windows if n_windows is not None else 1, "n_windows")
     steps = [horizon * (k + 1) for k in reversed(range(n_windows))]
@@ -92,11 +92,10 @@ def _cutoffs(
 
 
 def _window(
-    df: pd.DataFrame, id_col: str, time_col: str, values: list[str], cut: pd.DataFrame, horizon: Any
+    df: pd.DataFrame, id_col: str, time_col: str, values: list[str], at: pd.Series, horizon: Any
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Context (rows up to each series' cutoff) and targets (observed rows in ``(cutoff, cutoff +
-    horizon]``) of one window; series without either are left out."""
-    at = df[id_col].map(cut.set_index(id_col)["cutoff"])
+    """Context (rows up to their series' cutoff ``at``, aligned with ``df``) and targets (observed
+    rows in ``(cutoff, cutoff + horizon]``) of one window; series without either are left out."""
     context = df[df[time_col] <= at]
     observed = df[values].notna().any(axis=1)
     target = df[(df[time_col] > at) & (df[time_col] <= at + horizon) & observed]
@@ -205,7 +204,9 @@ def _one_window(
         model.fit(df[df[time_col] <= shared], **fit_kwargs)
     values = list(model.value_cols_)
     inputs = list(getattr(model, "exog_cols_", []))
-    context, target = _window(df, id_col, time_col, values, cut, step)
+    cutoffs = cut.set_index(id_col)["cutoff"]
+    at = df[id_col].map(cutoffs)  # each row's cutoff (NaN: its series is not in this window)
+    context, target = _window(df, id_col, time_col, values, at, step)
     if target.empty:
         return pd.DataFrame()
     kwargs: dict[str, Any] = {"n_samples": n_samples, "seed": seed}
@@ -213,7 +214,6 @@ def _one_window(
         kwargs["static_df"] = static_df
     future = list(getattr(model, "future_exog_cols_", []))
     if future:
-        at = df[id_col].map(cut.set_index(id_col)["cutoff"])
         rows = df[(df[time_col] > at) & df[id_col].isin(target[id_col])][[id_col, time_col, *future]]
         kwargs["future_df"] = rows[rows[future].notna().any(axis=1)]
     fc = model.forecast(
@@ -222,7 +222,7 @@ def _one_window(
     actual = target[values].to_numpy(dtype=np.float64)
     quantiles = fc.quantile_array(levels)  # (L, Q, D)
     crps = crps_per_value(fc.samples, actual)  # (Q, D)
-    cutoff = target[id_col].map(cut.set_index(id_col)["cutoff"]).to_numpy()
+    cutoff = target[id_col].map(cutoffs).to_numpy()
     n, d = len(target), len(values)
     out = pd.DataFrame(
         {

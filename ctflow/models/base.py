@@ -19,7 +19,7 @@ from torch import Tensor, nn
 
 from ..checks import non_negative_int, positive_int
 from ..data.irregular import IrregularBatch
-from ..ode import NFECounter, SolverOptions, integrate_intervals
+from ..ode import NFECounter, SolverOptions, fixed_step_plan, integrate_intervals
 
 __all__ = ["Predictive", "QueryInputs", "SequenceModel"]
 
@@ -234,6 +234,12 @@ class SequenceModel(nn.Module, abc.ABC):
     def _per_observed_value(total: Tensor, batch: IrregularBatch) -> Tensor:
         """``total`` divided by the number of observed values of ``batch`` (at least 1)."""
         return total / batch.mask.sum().clamp_min(1).to(total)
+
+    @staticmethod
+    def _step_plan(dts: Tensor, solver: SolverOptions, solver_free: bool) -> list[int | None]:
+        """Fixed-step step counts for each column of intervals ``dts (B, K)`` (one device read);
+        none for dynamics without a solver (a neural flow) or an adaptive one."""
+        return [None] * dts.shape[1] if solver_free else fixed_step_plan(dts, solver)
 
     @staticmethod
     def _integrate(

@@ -27,7 +27,7 @@ from ..checks import choice, positive_int, probability
 from ..data.irregular import IrregularBatch
 from ..dynamics.gru_ode import GRUBayes, GRUODECell, InputJump
 from ..dynamics.neural_flows import FLOWS, build_flow
-from ..ode import FUSED_METHODS, NFECounter, SolverOptions, fixed_step_plan, integrate_ragged
+from ..ode import FUSED_METHODS, NFECounter, SolverOptions, integrate_ragged
 from .base import QueryInputs, SequenceModel
 from .emissions import LastValueEmission, MaskedEmission, resolve_emission
 from .lockstep import BlockPlan, plan_blocks
@@ -352,11 +352,7 @@ class GRUODEBayes(SequenceModel):
         return [to_mean, to_line, torch.log1p(n)]
 
     def _plan(self, dts: Tensor) -> list[int | None]:
-        """Fixed-step step counts for each column of intervals ``dts (B, K)`` (one device read;
-        none for a neural flow)."""
-        if self.dynamics != "ode":
-            return [None] * dts.shape[1]
-        return fixed_step_plan(dts, self.solver)
+        return self._step_plan(dts, self.solver, self.dynamics != "ode")
 
     def _advance(self, h: Tensor, dt: Tensor, n_steps: int | None, static: Tensor | None = None) -> Tensor:
         if self.dynamics != "ode":
@@ -413,9 +409,8 @@ class GRUODEBayes(SequenceModel):
         if not plan.ragged[j]:
             return self._advance(h, plan.span[j], plan.n_steps[j], static)
         order = plan.order[j]
-        steps = torch.as_tensor(plan.row_steps[j]).to(h).clamp_min(1)
         field = self.ode.bind(None if static is None else static.index_select(0, order))
-        step = (plan.span[j] / steps).index_select(0, order)
+        step = plan.step[j].index_select(0, order)
         # index_select, not h[order]: its gradient is an index_add, several times cheaper
         moved = integrate_ragged(field, h.index_select(0, order), step, plan.counts[j], self.solver, self.nfe)
         return torch.empty_like(moved).index_copy(0, order, moved)

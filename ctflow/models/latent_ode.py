@@ -30,7 +30,7 @@ from ..data.irregular import IrregularBatch
 from ..dynamics.neural_flows import FLOWS, build_flow
 from ..dynamics.odernn import ODEFunc, ODERNNEncoder
 from ..flows.numerics import shuffled_draws, solve_increasing
-from ..ode import NFECounter, SolverOptions, fixed_step_plan
+from ..ode import NFECounter, SolverOptions
 from .base import QueryInputs, SequenceModel
 from .emissions import MaskedEmission, resolve_emission
 from .posterior import Posterior
@@ -248,6 +248,9 @@ class LatentODE(SequenceModel):
         self.nfe = NFECounter()
 
     # ------------------------------------------------------------------ building blocks
+    def _plan(self, dts: Tensor) -> list[int | None]:
+        return self._step_plan(dts, self.solver, self.flow_dynamics != "ode")
+
     def _advance(self, z: Tensor, dt: Tensor, n_steps: int | None) -> Tensor:
         if self.flow_dynamics != "ode":
             return self.flow(z, dt)  # F(z, 0) = z: padding intervals leave the state as it is
@@ -296,7 +299,7 @@ class LatentODE(SequenceModel):
         values, mask = batch.values.to(ref), batch.mask.to(ref)
         dts = self._intervals(times.new_zeros(times.shape[0]), times)
         self._check_start(dts, f"0 (a {type(self).__name__} starts at time 0)")
-        return values, mask, dts, fixed_step_plan(dts, self.solver)
+        return values, mask, dts, self._plan(dts)
 
     def _add_log_lik(self, log_lik: Tensor, y: Tensor, mask: Tensor, z: Tensor) -> Tensor:
         """``log_lik`` plus the emission's log-density of ``y`` given the context ``z`` (less its
@@ -379,7 +382,7 @@ class LatentODE(SequenceModel):
         known-future ``inputs`` act after each query."""
         s, b, L = z.shape
         dts = self._intervals(t0, times)
-        plan = fixed_step_plan(dts, self.solver)
+        plan = self._plan(dts)
         flat, out = z.reshape(s * b, L), []
         for k, n_steps in enumerate(plan):
             flat = self._advance(flat, dts[:, k].repeat(s), n_steps)

@@ -48,8 +48,9 @@ class BlockPlan:
     ``reach[j, b] = 1`` observe their observation ``index[j, b]`` (``index`` is a valid column
     for every row, so that it can be gathered; rows that do not reach are masked out).
     ``ragged[j]`` is False where every row takes the block's ``n_steps[j]`` steps (the loop over
-    indices); otherwise ``order[j]`` sorts the rows by their step counts, largest first, and step
-    ``t`` of the block advances the first ``counts[j][t]`` rows of that order.
+    indices); otherwise ``order[j]`` sorts the rows by their step counts, largest first, step
+    ``t`` of the block advances the first ``counts[j][t]`` rows of that order, and row ``b``'s
+    steps are ``step[j, b]`` long.
     """
 
     n_steps: list[int]
@@ -57,6 +58,7 @@ class BlockPlan:
     index: Tensor
     reach: Tensor
     row_steps: np.ndarray
+    step: Tensor
     ragged: list[bool]
     order: Tensor
     counts: list[list[int]]
@@ -73,7 +75,7 @@ class BlockPlan:
         """The loop's modelled cost in full-batch solver steps: ``jump_cost`` per block, a full
         step per step of an unragged block, and per step of a ragged one ``step_overhead`` plus
         the share of the rows it advances."""
-        n_rows = max(1, self.row_steps.shape[1]) if self.row_steps.ndim == 2 else 1
+        n_rows = max(1, self.row_steps.shape[1])
         total = jump_cost * len(self)
         for j, n in enumerate(self.n_steps):
             if self.ragged[j]:
@@ -173,12 +175,15 @@ def plan_blocks(
         xs = plan[key]
         return torch.as_tensor(np.stack(xs) if xs else np.zeros((0, n_rows)), dtype=dtype)
 
+    span = stacked("span", torch.float64).to(dts)
+    row_steps = np.stack(plan["row_steps"]) if plan["row_steps"] else np.zeros((0, n_rows), np.int64)
     return BlockPlan(
         n_steps=plan["n_steps"],
-        span=stacked("span", torch.float64).to(dts),
+        span=span,
         index=stacked("index", torch.int64).to(dts.device),
         reach=stacked("reach", torch.float64).to(dts),
-        row_steps=np.stack(plan["row_steps"]) if plan["row_steps"] else np.zeros((0, n_rows), np.int64),
+        row_steps=row_steps,
+        step=span / torch.as_tensor(row_steps).to(span).clamp_min(1),  # one transfer, not one a block
         ragged=[policy != "index"] * len(plan["n_steps"]),
         order=stacked("order", torch.int64).to(dts.device),
         counts=plan["counts"],

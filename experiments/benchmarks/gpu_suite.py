@@ -32,8 +32,9 @@ from typing import Any
 
 import torch
 
-from ctflow.data import from_dataframe, iterate_batches, load_double_ou, split_series
+from ctflow.data import from_dataframe, load_double_ou, split_series
 from ctflow.models import GRUODEBayes
+from experiments.benchmarks.gru_ode_bayes_speed import epoch_seconds
 from experiments.results_io import RESULTS, write_result
 
 SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
@@ -117,13 +118,9 @@ def ou_rows(dev: torch.device, sync: Callable[[], None], n_series: int) -> list[
     for dynamics in ("ode", "gru_flow"):
         torch.manual_seed(0)
         model = GRUODEBayes(2, 50, 25, 25, dynamics=dynamics).to(dev)
-        opt = torch.optim.Adam(model.parameters(), lr=1e-3, weight_decay=5e-4)
 
-        def epoch(model: GRUODEBayes = model, opt: torch.optim.Optimizer = opt) -> None:
-            for b in iterate_batches(train, 500, shuffle=True, generator=torch.Generator().manual_seed(0)):
-                opt.zero_grad()
-                model.loss(b).backward()
-                opt.step()
+        def epoch(model: GRUODEBayes = model) -> None:
+            epoch_seconds(model, train, model.loss, 500, seed=0)
 
         seconds = timed(epoch, sync, 2, warmup=1) / 1e3
         name = "gru_ode_bayes epoch" if dynamics == "ode" else "gru_flow epoch"
